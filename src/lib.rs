@@ -15,7 +15,12 @@
 
 pub mod cli;
 pub mod config;
+pub mod etcd;
+pub mod fsutil;
 pub mod error;
 pub mod logging;
+pub mod manifest;
 pub mod run;
 pub mod snapshot;
+pub mod spool;
+pub mod store;

@@ -1,0 +1,175 @@
+//! Filesystem helpers shared by the spool, the local store and restore: private file creation,
+//! durable writes (temp file → fsync → rename → fsync the directory), a guard that removes
+//! unfinished files on every exit path, free-space queries and progress reporting.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+
+/// Create `path` new (fails if it exists), mode 0600.
+pub fn create_private(path: &Path) -> Result<File> {
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| Error::io(format!("creating {}", path.display()), e))
+}
+
+/// `mkdir -p` with mode 0700 for every directory created.
+pub fn create_dir_private(path: &Path) -> Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .map_err(|e| Error::io(format!("creating directory {}", path.display()), e))
+}
+
+pub fn fsync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io(format!("fsync of directory {}", dir.display()), e))
+}
+
+/// fsync `tmp`, rename it to `dest`, fsync the parent directory.
+pub fn commit_file(file: &File, tmp: &Path, dest: &Path) -> Result<()> {
+    file.sync_all().map_err(|e| Error::io(format!("fsync of {}", tmp.display()), e))?;
+    std::fs::rename(tmp, dest)
+        .map_err(|e| Error::io(format!("renaming {} to {}", tmp.display(), dest.display()), e))?;
+    fsync_dir(dest.parent().unwrap_or(Path::new(".")))
+}
+
+/// Write `bytes` to `dest` durably (through `<dest>.tmp-<pid>`).
+pub fn write_durably(dest: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = temp_sibling(dest);
+    let guard = RemoveOnDrop::new(tmp.clone());
+    let mut f = create_private(&tmp)?;
+    f.write_all(bytes).map_err(|e| Error::io(format!("writing {}", tmp.display()), e))?;
+    commit_file(&f, &tmp, dest)?;
+    guard.disarm();
+    Ok(())
+}
+
+pub fn temp_sibling(dest: &Path) -> PathBuf {
+    let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    dest.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
+}
+
+/// Removes a file (or directory tree) when dropped, unless disarmed: the "nothing partial is left"
+/// rule on every error path, panic and cancellation included.
+#[derive(Debug)]
+pub struct RemoveOnDrop {
+    path: Option<PathBuf>,
+}
+
+impl RemoveOnDrop {
+    pub fn new(path: PathBuf) -> Self {
+        RemoveOnDrop { path: Some(path) }
+    }
+    pub fn path(&self) -> &Path {
+        self.path.as_deref().unwrap_or(Path::new(""))
+    }
+    pub fn disarm(mut self) -> PathBuf {
+        self.path.take().unwrap_or_default()
+    }
+}
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        if let Some(p) = self.path.take() {
+            let _ = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
+        }
+    }
+}
+
+/// Bytes available to an unprivileged writer on the filesystem holding `path`.
+pub fn free_space(path: &Path) -> Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| Error::Config(format!("path {} contains a NUL byte", path.display())))?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid NUL-terminated string and `st` a valid out-pointer.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
+    if rc != 0 {
+        return Err(Error::io(format!("statvfs {}", path.display()), std::io::Error::last_os_error()));
+    }
+    Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+}
+
+/// Logs `what: 412.0 MiB / 1.0 GiB (40%), 210.3 MiB/s, ETA 3s` at a steady interval.
+pub struct Progress {
+    what: &'static str,
+    total: Option<u64>,
+    done: u64,
+    start: Instant,
+    last: Instant,
+    every: Duration,
+}
+
+impl Progress {
+    pub fn new(what: &'static str, total: Option<u64>, every: Duration) -> Self {
+        let now = Instant::now();
+        Progress { what, total, done: 0, start: now, last: now, every }
+    }
+    pub fn set_total(&mut self, total: u64) {
+        self.total = Some(total);
+    }
+    pub fn add(&mut self, n: u64) {
+        self.done += n;
+        if self.last.elapsed() >= self.every {
+            self.last = Instant::now();
+            tracing::info!("{}", self.line());
+        }
+    }
+    pub fn elapsed(&self) -> Duration {
+        self.start.elapsed()
+    }
+    pub fn line(&self) -> String {
+        let secs = self.start.elapsed().as_secs_f64().max(1e-6);
+        let rate = self.done as f64 / secs;
+        match self.total {
+            Some(t) if t > 0 => {
+                let eta = if rate > 0.0 { (t.saturating_sub(self.done)) as f64 / rate } else { 0.0 };
+                format!("{}: {} / {} ({}%), {}/s, ETA {:.0}s", self.what, mib(self.done), mib(t), self.done * 100 / t, mib(rate as u64), eta)
+            }
+            _ => format!("{}: {}, {}/s", self.what, mib(self.done), mib(rate as u64)),
+        }
+    }
+}
+
+pub fn mib(n: u64) -> String {
+    format!("{:.1} MiB", n as f64 / 1048576.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn durable_write_is_private_and_leaves_no_temp() {
+        let d = tempfile::tempdir().unwrap();
+        let dest = d.path().join("m.json");
+        write_durably(&dest, b"{}").unwrap();
+        assert_eq!(std::fs::read(&dest).unwrap(), b"{}");
+        assert_eq!(std::fs::metadata(&dest).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn guard_removes_unless_disarmed() {
+        let d = tempfile::tempdir().unwrap();
+        let a = d.path().join("a");
+        std::fs::write(&a, b"x").unwrap();
+        drop(RemoveOnDrop::new(a.clone()));
+        assert!(!a.exists());
+        std::fs::write(&a, b"x").unwrap();
+        RemoveOnDrop::new(a.clone()).disarm();
+        assert!(a.exists());
+        assert!(free_space(d.path()).unwrap() > 0);
+    }
+}
