@@ -37,9 +37,14 @@ pub fn fsync_dir(dir: &Path) -> Result<()> {
 
 /// fsync `tmp`, rename it to `dest`, fsync the parent directory.
 pub fn commit_file(file: &File, tmp: &Path, dest: &Path) -> Result<()> {
-    file.sync_all().map_err(|e| Error::io(format!("fsync of {}", tmp.display()), e))?;
-    std::fs::rename(tmp, dest)
-        .map_err(|e| Error::io(format!("renaming {} to {}", tmp.display(), dest.display()), e))?;
+    file.sync_all()
+        .map_err(|e| Error::io(format!("fsync of {}", tmp.display()), e))?;
+    std::fs::rename(tmp, dest).map_err(|e| {
+        Error::io(
+            format!("renaming {} to {}", tmp.display(), dest.display()),
+            e,
+        )
+    })?;
     fsync_dir(dest.parent().unwrap_or(Path::new(".")))
 }
 
@@ -48,14 +53,18 @@ pub fn write_durably(dest: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = temp_sibling(dest);
     let guard = RemoveOnDrop::new(tmp.clone());
     let mut f = create_private(&tmp)?;
-    f.write_all(bytes).map_err(|e| Error::io(format!("writing {}", tmp.display()), e))?;
+    f.write_all(bytes)
+        .map_err(|e| Error::io(format!("writing {}", tmp.display()), e))?;
     commit_file(&f, &tmp, dest)?;
     guard.disarm();
     Ok(())
 }
 
 pub fn temp_sibling(dest: &Path) -> PathBuf {
-    let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = dest
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     dest.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
 }
 
@@ -81,7 +90,11 @@ impl RemoveOnDrop {
 impl Drop for RemoveOnDrop {
     fn drop(&mut self) {
         if let Some(p) = self.path.take() {
-            let _ = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
+            let _ = if p.is_dir() {
+                std::fs::remove_dir_all(&p)
+            } else {
+                std::fs::remove_file(&p)
+            };
         }
     }
 }
@@ -95,7 +108,10 @@ pub fn free_space(path: &Path) -> Result<u64> {
     // SAFETY: `c` is a valid NUL-terminated string and `st` a valid out-pointer.
     let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
     if rc != 0 {
-        return Err(Error::io(format!("statvfs {}", path.display()), std::io::Error::last_os_error()));
+        return Err(Error::io(
+            format!("statvfs {}", path.display()),
+            std::io::Error::last_os_error(),
+        ));
     }
     Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
 }
@@ -113,7 +129,14 @@ pub struct Progress {
 impl Progress {
     pub fn new(what: &'static str, total: Option<u64>, every: Duration) -> Self {
         let now = Instant::now();
-        Progress { what, total, done: 0, start: now, last: now, every }
+        Progress {
+            what,
+            total,
+            done: 0,
+            start: now,
+            last: now,
+            every,
+        }
     }
     pub fn set_total(&mut self, total: u64) {
         self.total = Some(total);
@@ -133,8 +156,20 @@ impl Progress {
         let rate = self.done as f64 / secs;
         match self.total {
             Some(t) if t > 0 => {
-                let eta = if rate > 0.0 { (t.saturating_sub(self.done)) as f64 / rate } else { 0.0 };
-                format!("{}: {} / {} ({}%), {}/s, ETA {:.0}s", self.what, mib(self.done), mib(t), self.done * 100 / t, mib(rate as u64), eta)
+                let eta = if rate > 0.0 {
+                    (t.saturating_sub(self.done)) as f64 / rate
+                } else {
+                    0.0
+                };
+                format!(
+                    "{}: {} / {} ({}%), {}/s, ETA {:.0}s",
+                    self.what,
+                    mib(self.done),
+                    mib(t),
+                    self.done * 100 / t,
+                    mib(rate as u64),
+                    eta
+                )
             }
             _ => format!("{}: {}, {}/s", self.what, mib(self.done), mib(rate as u64)),
         }
@@ -156,7 +191,10 @@ mod tests {
         let dest = d.path().join("m.json");
         write_durably(&dest, b"{}").unwrap();
         assert_eq!(std::fs::read(&dest).unwrap(), b"{}");
-        assert_eq!(std::fs::metadata(&dest).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(&dest).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1);
     }
 

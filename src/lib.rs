@@ -13,14 +13,17 @@
 //!
 //! `main.rs` only parses the command, sets up logging, calls `run::run` and maps errors to exit codes.
 
+pub mod backup;
 pub mod cli;
 pub mod config;
+pub mod error;
 pub mod etcd;
 pub mod fsutil;
-pub mod error;
+pub mod lock;
 pub mod logging;
 pub mod manifest;
 pub mod run;
+pub mod shutdown;
 pub mod snapshot;
 pub mod spool;
 pub mod store;

@@ -84,8 +84,12 @@ impl Manifest {
     }
 
     pub fn created_time(&self) -> Result<SystemTime> {
-        humantime::parse_rfc3339(&self.created)
-            .map_err(|e| Error::Store(format!("manifest {}: bad created time {:?}: {e}", self.backup_id, self.created)))
+        humantime::parse_rfc3339(&self.created).map_err(|e| {
+            Error::Store(format!(
+                "manifest {}: bad created time {:?}: {e}",
+                self.backup_id, self.created
+            ))
+        })
     }
 }
 
@@ -96,7 +100,9 @@ pub fn backup_id(at: SystemTime, revision: i64) -> String {
 
 /// `2026-11-22T04:33:30Z` → `20261122T043330Z`.
 pub fn compact_utc(at: SystemTime) -> String {
-    humantime::format_rfc3339_seconds(at).to_string().replace(['-', ':'], "")
+    humantime::format_rfc3339_seconds(at)
+        .to_string()
+        .replace(['-', ':'], "")
 }
 
 pub fn rfc3339(at: SystemTime) -> String {
@@ -124,7 +130,9 @@ pub fn ms(d: Duration) -> u64 {
 pub fn check_cluster_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 253
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.' || b == b'_')
+        && name.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.' || b == b'_'
+        })
         && !name.starts_with('.');
     if ok {
         Ok(())
@@ -162,7 +170,12 @@ mod tests {
             revision: 5,
             raft_term: 2,
             raft_index: 9,
-            status: StatusRecord { hash: 1, revision: 5, total_key: 9, total_size: 20480 },
+            status: StatusRecord {
+                hash: 1,
+                revision: 5,
+                total_key: 9,
+                total_size: 20480,
+            },
             db_sha256: "ab".into(),
             db_size: 20480,
             snapshot_size: 20512,
@@ -176,9 +189,17 @@ mod tests {
         let j = m.to_json();
         assert!(String::from_utf8_lossy(&j).contains("\"totalKey\": 9"));
         assert_eq!(Manifest::from_json("k", &j).unwrap(), m);
-        assert!(Manifest::from_json("k", b"<html>").unwrap_err().to_string().contains("not a valid"));
-        let newer = String::from_utf8(j).unwrap().replace("\"format_version\": 1", "\"format_version\": 99");
-        assert!(Manifest::from_json("k", newer.as_bytes()).unwrap_err().to_string().contains("upgrade"));
+        assert!(Manifest::from_json("k", b"<html>")
+            .unwrap_err()
+            .to_string()
+            .contains("not a valid"));
+        let newer = String::from_utf8(j)
+            .unwrap()
+            .replace("\"format_version\": 1", "\"format_version\": 99");
+        assert!(Manifest::from_json("k", newer.as_bytes())
+            .unwrap_err()
+            .to_string()
+            .contains("upgrade"));
     }
 
     #[test]

@@ -2,8 +2,10 @@
 //!
 //! Configuration for a command is validated here, in full, before the command does anything.
 
+use std::future::Future;
 use std::io::Write;
 use std::path::Path;
+use std::time::{Duration, SystemTime};
 
 use crate::cli::{Command, WriteOut};
 use crate::config::Env;
@@ -43,7 +45,12 @@ pub fn run(cmd: Command, env: &Env) -> Result<()> {
             };
             status_cmd(Path::new(&file), write_out, compat, style)
         }
-        Command::Backup => Err(Error::NotImplemented("backup")),
+        Command::Backup => {
+            let cfg = crate::backup::BackupConfig::from_env(env)?;
+            let m = with_runtime(crate::backup::run(&cfg, &SystemTime::now))?;
+            println!("{}", m.backup_id);
+            Ok(())
+        }
         Command::Restore => Err(Error::NotImplemented("restore")),
         Command::List { .. } => Err(Error::NotImplemented("list")),
         Command::Verify { .. } => Err(Error::NotImplemented("verify")),
@@ -72,4 +79,25 @@ fn status_cmd(path: &Path, w: WriteOut, compat: Compat, style: TableStyle) -> Re
         path.display()
     );
     Ok(())
+}
+
+/// Run `work` on a multi-threaded runtime, racing it against SIGTERM/SIGINT. On a signal the work
+/// future is dropped, which runs its cleanup guards; the error maps to exit 143/130.
+fn with_runtime<T>(work: impl Future<Output = Result<T>>) -> Result<T> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Error::io("starting the async runtime", e))?;
+    let out = rt.block_on(async {
+        tokio::select! {
+            r = work => r,
+            sig = crate::shutdown::signal() => {
+                tracing::warn!(signal = %sig, "interrupted: cleaning up");
+                Err(Error::Interrupted(sig))
+            }
+        }
+    });
+    rt.shutdown_timeout(Duration::from_secs(5));
+    out
 }

@@ -68,7 +68,9 @@ impl Spool {
 
     /// Check the length and the trailer, fsync, rename `.part` → final name.
     pub fn finish(self) -> Result<SpooledSnapshot> {
-        let db_len = self.db_len.ok_or_else(|| Error::Etcd("snapshot stream carried no data".into()))?;
+        let db_len = self
+            .db_len
+            .ok_or_else(|| Error::Etcd("snapshot stream carried no data".into()))?;
         if self.written < db_len {
             return Err(Error::Etcd(format!(
                 "snapshot stream ended early: got {} of the {db_len} database bytes the server announced",
@@ -89,8 +91,16 @@ impl Spool {
                 hex::encode(digest)
             )));
         }
-        let Spool { part, dest, out, written, .. } = self;
-        let file = out.into_inner().map_err(|e| Error::io(format!("writing {}", part.path().display()), e.into_error()))?;
+        let Spool {
+            part,
+            dest,
+            out,
+            written,
+            ..
+        } = self;
+        let file = out
+            .into_inner()
+            .map_err(|e| Error::io(format!("writing {}", part.path().display()), e.into_error()))?;
         commit_file(&file, part.path(), &dest)?;
         part.disarm();
         tracing::debug!(path = %dest.display(), bytes = written, "snapshot spooled");
@@ -121,7 +131,9 @@ impl SnapshotSink for Spool {
     }
 
     fn write(&mut self, chunk: &[u8]) -> Result<()> {
-        let db_len = self.db_len.ok_or_else(|| Error::Internal("spool written before announce".into()))?;
+        let db_len = self
+            .db_len
+            .ok_or_else(|| Error::Internal("spool written before announce".into()))?;
         let in_db = db_len.saturating_sub(self.written).min(chunk.len() as u64) as usize;
         let (db_part, rest) = chunk.split_at(in_db);
         self.db_hash.update(db_part);
@@ -132,9 +144,12 @@ impl SnapshotSink for Spool {
             )));
         }
         self.trailer.extend_from_slice(rest);
-        self.out
-            .write_all(chunk)
-            .map_err(|e| Error::io(format!("writing spool file {}", self.part.path().display()), e))?;
+        self.out.write_all(chunk).map_err(|e| {
+            Error::io(
+                format!("writing spool file {}", self.part.path().display()),
+                e,
+            )
+        })?;
         self.written += chunk.len() as u64;
         self.progress.add(chunk.len() as u64);
         Ok(())
@@ -147,7 +162,12 @@ mod tests {
     use std::time::Duration;
 
     fn spool(dir: &Path) -> Spool {
-        Spool::create(dir, "s.db", Progress::new("test", None, Duration::from_secs(3600))).unwrap()
+        Spool::create(
+            dir,
+            "s.db",
+            Progress::new("test", None, Duration::from_secs(3600)),
+        )
+        .unwrap()
     }
 
     fn db(n: usize) -> (Vec<u8>, Vec<u8>) {
@@ -183,18 +203,32 @@ mod tests {
             ("ended early", vec![db[..4000].to_vec()]),
             ("exactly 32", vec![db.clone(), t[..31].to_vec()]),
             ("does not match", vec![db.clone(), vec![0u8; 32]]),
-            ("more bytes than announced", vec![db.clone(), t.clone(), vec![1]]),
+            (
+                "more bytes than announced",
+                vec![db.clone(), t.clone(), vec![1]],
+            ),
         ];
         for (want, chunks) in cases {
             let d = tempfile::tempdir().unwrap();
             let mut s = spool(d.path());
             s.announce(4096).unwrap();
-            let r = chunks.iter().try_for_each(|c| s.write(c)).and_then(|_| s.finish().map(|_| ()));
+            let r = chunks
+                .iter()
+                .try_for_each(|c| s.write(c))
+                .and_then(|_| s.finish().map(|_| ()));
             let e = r.unwrap_err().to_string();
             assert!(e.contains(want), "{want}: {e}");
-            assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 0, "{want}: files left behind");
+            assert_eq!(
+                std::fs::read_dir(d.path()).unwrap().count(),
+                0,
+                "{want}: files left behind"
+            );
         }
         let d = tempfile::tempdir().unwrap();
-        assert!(spool(d.path()).announce(1000).unwrap_err().to_string().contains("bbolt pages"));
+        assert!(spool(d.path())
+            .announce(1000)
+            .unwrap_err()
+            .to_string()
+            .contains("bbolt pages"));
     }
 }

@@ -9,7 +9,9 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::fsutil::{commit_file, create_dir_private, create_private, temp_sibling, write_durably, RemoveOnDrop};
+use crate::fsutil::{
+    commit_file, create_dir_private, create_private, temp_sibling, write_durably, RemoveOnDrop,
+};
 use crate::store::ObjectMeta;
 
 pub struct LocalStore {
@@ -35,7 +37,10 @@ impl LocalStore {
 
     fn parent_dir(&self, key: &str) -> Result<PathBuf> {
         let p = self.path(key);
-        let dir = p.parent().map(Path::to_path_buf).unwrap_or_else(|| self.root.clone());
+        let dir = p
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| self.root.clone());
         create_dir_private(&dir)?;
         Ok(dir)
     }
@@ -46,17 +51,25 @@ impl LocalStore {
         let tmp = temp_sibling(&dest);
         let guard = RemoveOnDrop::new(tmp.clone());
         let mut out = create_private(&tmp)?;
-        let mut input = File::open(src).map_err(|e| Error::io(format!("opening {}", src.display()), e))?;
-        let size = std::io::copy(&mut input, &mut out).map_err(|e| store_err(format!("writing {}", tmp.display()), e))?;
+        let mut input =
+            File::open(src).map_err(|e| Error::io(format!("opening {}", src.display()), e))?;
+        let size = std::io::copy(&mut input, &mut out)
+            .map_err(|e| store_err(format!("writing {}", tmp.display()), e))?;
         commit_file(&out, &tmp, &dest)?;
         guard.disarm();
-        Ok(ObjectMeta { key: key.to_string(), size })
+        Ok(ObjectMeta {
+            key: key.to_string(),
+            size,
+        })
     }
 
     pub fn put_bytes(&self, key: &str, bytes: &[u8]) -> Result<ObjectMeta> {
         self.parent_dir(key)?;
         write_durably(&self.path(key), bytes)?;
-        Ok(ObjectMeta { key: key.to_string(), size: bytes.len() as u64 })
+        Ok(ObjectMeta {
+            key: key.to_string(),
+            size: bytes.len() as u64,
+        })
     }
 
     pub fn get_bytes(&self, key: &str) -> Result<Vec<u8>> {
@@ -70,14 +83,19 @@ impl LocalStore {
 
     pub fn get_to_file(&self, key: &str, dest: &Path) -> Result<u64> {
         let p = self.path(key);
-        let mut input = File::open(&p).map_err(|e| store_err(format!("opening {}", p.display()), e))?;
+        let mut input =
+            File::open(&p).map_err(|e| store_err(format!("opening {}", p.display()), e))?;
         let mut out = create_private(dest)?;
-        std::io::copy(&mut input, &mut out).map_err(|e| Error::io(format!("copying {} to {}", p.display(), dest.display()), e))
+        std::io::copy(&mut input, &mut out)
+            .map_err(|e| Error::io(format!("copying {} to {}", p.display(), dest.display()), e))
     }
 
     pub fn head(&self, key: &str) -> Result<Option<ObjectMeta>> {
         match std::fs::metadata(self.path(key)) {
-            Ok(m) if m.is_file() => Ok(Some(ObjectMeta { key: key.to_string(), size: m.len() })),
+            Ok(m) if m.is_file() => Ok(Some(ObjectMeta {
+                key: key.to_string(),
+                size: m.len(),
+            })),
             Ok(_) => Ok(None),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(store_err(format!("stat {}", self.path(key).display()), e)),
@@ -92,19 +110,27 @@ impl LocalStore {
         }
         let mut stack = vec![start];
         while let Some(dir) = stack.pop() {
-            let entries = std::fs::read_dir(&dir).map_err(|e| store_err(format!("listing {}", dir.display()), e))?;
+            let entries = std::fs::read_dir(&dir)
+                .map_err(|e| store_err(format!("listing {}", dir.display()), e))?;
             for entry in entries {
-                let entry = entry.map_err(|e| store_err(format!("listing {}", dir.display()), e))?;
+                let entry =
+                    entry.map_err(|e| store_err(format!("listing {}", dir.display()), e))?;
                 let name = entry.file_name();
                 if name.to_string_lossy().starts_with('.') {
                     continue; // temp files, lock files, lost+found-style dotfiles
                 }
-                let ft = entry.file_type().map_err(|e| store_err(format!("stat {}", entry.path().display()), e))?;
+                let ft = entry
+                    .file_type()
+                    .map_err(|e| store_err(format!("stat {}", entry.path().display()), e))?;
                 let path = entry.path();
                 if ft.is_dir() {
                     stack.push(path);
                 } else if ft.is_file() {
-                    let rel = path.strip_prefix(&self.root).unwrap_or(&path).to_string_lossy().into_owned();
+                    let rel = path
+                        .strip_prefix(&self.root)
+                        .unwrap_or(&path)
+                        .to_string_lossy()
+                        .into_owned();
                     let size = entry.metadata().map(|m| m.len()).unwrap_or(0);
                     out.push(ObjectMeta { key: rel, size });
                 }

@@ -47,8 +47,14 @@ pub fn redact_url(url: &str) -> String {
     };
     let base = match base.split_once("://") {
         Some((scheme, rest)) => match rest.split_once('/') {
-            Some((auth, path)) if auth.contains('@') => format!("{scheme}://REDACTED@{}/{path}", auth.rsplit('@').next().unwrap_or("")),
-            None if rest.contains('@') => format!("{scheme}://REDACTED@{}", rest.rsplit('@').next().unwrap_or("")),
+            Some((auth, path)) if auth.contains('@') => format!(
+                "{scheme}://REDACTED@{}/{path}",
+                auth.rsplit('@').next().unwrap_or("")
+            ),
+            None if rest.contains('@') => format!(
+                "{scheme}://REDACTED@{}",
+                rest.rsplit('@').next().unwrap_or("")
+            ),
             _ => base.to_string(),
         },
         None => base.to_string(),
@@ -71,11 +77,16 @@ impl Location {
         if let Some(rest) = raw.strip_prefix("s3://") {
             let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
             let valid = (3..=63).contains(&bucket.len())
-                && bucket.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+                && bucket.bytes().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.'
+                });
             if !valid {
                 return Err(bad("is not s3://bucket[/prefix] with a valid bucket name (3-63 lowercase letters, digits, '-', '.')"));
             }
-            return Ok(Location::S3 { bucket: bucket.to_string(), prefix: prefix.trim_matches('/').to_string() });
+            return Ok(Location::S3 {
+                bucket: bucket.to_string(),
+                prefix: prefix.trim_matches('/').to_string(),
+            });
         }
         let lower = raw.to_ascii_lowercase();
         if lower.starts_with("https://") || lower.starts_with("http://") {
@@ -96,7 +107,9 @@ pub struct ObjectMeta {
 pub fn check_key(key: &str) -> Result<()> {
     let bad = key.is_empty()
         || key.starts_with('/')
-        || key.split('/').any(|seg| seg.is_empty() || seg == "." || seg == "..")
+        || key
+            .split('/')
+            .any(|seg| seg.is_empty() || seg == "." || seg == "..")
         || key.contains('\0');
     if bad {
         Err(Error::Store(format!("invalid object key {key:?}")))
@@ -114,8 +127,12 @@ impl Store {
     pub fn open(loc: &Location) -> Result<Store> {
         match loc {
             Location::Local(dir) => Ok(Store::Local(local::LocalStore::new(dir.clone()))),
-            Location::S3 { .. } => Err(Error::Config(format!("LIFEBOAT_STORE: {loc}: the S3 backend is not built yet in this version"))),
-            Location::Presigned(_) => Err(Error::Config(format!("LIFEBOAT_STORE: {loc}: presigned URLs are not built yet in this version"))),
+            Location::S3 { .. } => Err(Error::Config(format!(
+                "LIFEBOAT_STORE: {loc}: the S3 backend is not built yet in this version"
+            ))),
+            Location::Presigned(_) => Err(Error::Config(format!(
+                "LIFEBOAT_STORE: {loc}: presigned URLs are not built yet in this version"
+            ))),
         }
     }
 
@@ -183,14 +200,32 @@ mod tests {
 
     #[test]
     fn parse_locations() {
-        assert_eq!(Location::parse("V", "file:///backups").unwrap(), Location::Local("/backups".into()));
-        assert_eq!(Location::parse("V", "/b").unwrap(), Location::Local("/b".into()));
+        assert_eq!(
+            Location::parse("V", "file:///backups").unwrap(),
+            Location::Local("/backups".into())
+        );
+        assert_eq!(
+            Location::parse("V", "/b").unwrap(),
+            Location::Local("/b".into())
+        );
         assert_eq!(
             Location::parse("V", "s3://my-bucket/a/b/").unwrap(),
-            Location::S3 { bucket: "my-bucket".into(), prefix: "a/b".into() }
+            Location::S3 {
+                bucket: "my-bucket".into(),
+                prefix: "a/b".into()
+            }
         );
-        for bad in ["file://rel", "s3://A_B/x", "s3://", "ftp://x", "backups", ""] {
-            let e = Location::parse("LIFEBOAT_STORE", bad).unwrap_err().to_string();
+        for bad in [
+            "file://rel",
+            "s3://A_B/x",
+            "s3://",
+            "ftp://x",
+            "backups",
+            "",
+        ] {
+            let e = Location::parse("LIFEBOAT_STORE", bad)
+                .unwrap_err()
+                .to_string();
             assert!(e.contains("LIFEBOAT_STORE"), "{bad}: {e}");
         }
     }
@@ -205,7 +240,9 @@ mod tests {
         }
         assert_eq!(redact_url("http://u:p@h:1/x"), "http://REDACTED@h:1/x");
         assert_eq!(redact_url("http://u:p@h:1"), "http://REDACTED@h:1");
-        let e = Location::parse("V", "gopher://u:secret@h/?sig=1").unwrap_err().to_string();
+        let e = Location::parse("V", "gopher://u:secret@h/?sig=1")
+            .unwrap_err()
+            .to_string();
         assert!(!e.contains("secret") && !e.contains("sig=1"), "{e}");
     }
 

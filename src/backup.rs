@@ -1,0 +1,322 @@
+//! `etcd-lifeboat backup`: orchestration only.
+//!
+//! preflight → stream into the spool (sha256 + length on the fly) → prove it sound (trailer, bbolt
+//! integrity, status) → compress → put the object → write the manifest (last: the commit marker)
+//! → read it back. Every temporary file is owned by a guard in this async scope, so an error or a
+//! signal (the future is dropped) leaves nothing partial behind, locally or in the store.
+
+use std::fs::File;
+use std::io::{BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use sha2::{Digest, Sha256};
+
+use crate::config::Env;
+use crate::error::{Error, Result};
+use crate::etcd::{self, EtcdConfig};
+use crate::fsutil::{create_private, free_space, mib, Progress, RemoveOnDrop};
+use crate::lock::RunLock;
+use crate::manifest::{self, Durations, Manifest, StatusRecord};
+use crate::snapshot::{self, Trailer};
+use crate::spool::Spool;
+use crate::store::{Location, Store};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    None,
+    Zstd(i32),
+}
+
+impl Compression {
+    pub fn name(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Zstd(_) => "zstd",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct BackupConfig {
+    pub etcd: EtcdConfig,
+    pub store: Location,
+    pub cluster_name: String,
+    pub spool_dir: PathBuf,
+    pub compression: Compression,
+    pub progress_interval: Duration,
+}
+
+impl BackupConfig {
+    pub fn from_env(env: &Env) -> Result<Self> {
+        let store = Location::parse(
+            "LIFEBOAT_STORE",
+            env.get("LIFEBOAT_STORE")
+                .unwrap_or("file:///var/lib/etcd-lifeboat/backups"),
+        )?;
+        let cluster_name = env
+            .get("LIFEBOAT_CLUSTER_NAME")
+            .unwrap_or("default")
+            .to_string();
+        manifest::check_cluster_name(&cluster_name)?;
+        let compression = match env
+            .choice("LIFEBOAT_COMPRESSION", "zstd", &["zstd", "none"])?
+            .as_str()
+        {
+            "none" => Compression::None,
+            _ => {
+                let level = env.u64("LIFEBOAT_ZSTD_LEVEL", 3)?;
+                if !(1..=19).contains(&level) {
+                    return Err(Error::Config(format!(
+                        "LIFEBOAT_ZSTD_LEVEL: expected 1 to 19, got {level}"
+                    )));
+                }
+                Compression::Zstd(level as i32)
+            }
+        };
+        let spool_dir = env.path("LIFEBOAT_SPOOL_DIR", "/tmp");
+        if !spool_dir.is_dir() {
+            return Err(Error::Config(format!(
+                "LIFEBOAT_SPOOL_DIR: {} is not a directory",
+                spool_dir.display()
+            )));
+        }
+        Ok(BackupConfig {
+            etcd: EtcdConfig::from_env(env)?,
+            store,
+            cluster_name,
+            spool_dir,
+            compression,
+            progress_interval: env.duration("LIFEBOAT_PROGRESS_INTERVAL", "10s")?,
+        })
+    }
+}
+
+/// Writes through to `inner` while hashing and counting.
+struct HashingWriter<W> {
+    inner: W,
+    hash: Sha256,
+    len: u64,
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hash.update(&buf[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Compress `src` into `dest` (created 0600) with zstd; returns (size, sha256) of `dest`.
+fn compress(src: &Path, dest: &Path, level: i32) -> Result<(u64, [u8; 32])> {
+    let io = |what: &str, e| Error::io(format!("{what} {}", dest.display()), e);
+    let out = create_private(dest)?;
+    let mut w = HashingWriter {
+        inner: std::io::BufWriter::with_capacity(1 << 20, out),
+        hash: Sha256::new(),
+        len: 0,
+    };
+    let mut enc =
+        zstd::stream::Encoder::new(&mut w, level).map_err(|e| io("compressing into", e))?;
+    // Two workers: the tool runs with 1-2 CPUs in a Job; the pipeline is I/O and hash bound otherwise.
+    let _ = enc.multithread(2);
+    let mut input = BufReader::with_capacity(
+        1 << 20,
+        File::open(src).map_err(|e| Error::io(format!("opening {}", src.display()), e))?,
+    );
+    std::io::copy(&mut input, &mut enc).map_err(|e| io("compressing into", e))?;
+    enc.finish().map_err(|e| io("compressing into", e))?;
+    let file = w
+        .inner
+        .into_inner()
+        .map_err(|e| io("writing", e.into_error()))?;
+    file.sync_all().map_err(|e| io("fsync of", e))?;
+    Ok((w.len, w.hash.finalize().into()))
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Internal(format!("worker thread failed: {e}")))?
+}
+
+/// Run one backup. `clock` gives the backup's creation time (tests pin it).
+pub async fn run(cfg: &BackupConfig, clock: &(dyn Fn() -> SystemTime + Sync)) -> Result<Manifest> {
+    let t0 = Instant::now();
+    let _spool_lock = RunLock::acquire(
+        &cfg.spool_dir
+            .join(format!(".etcd-lifeboat-{}.lock", cfg.cluster_name)),
+    )?;
+    let store = Store::open(&cfg.store)?;
+    let _store_lock = match &cfg.store {
+        Location::Local(dir) => {
+            crate::fsutil::create_dir_private(&dir.join(&cfg.cluster_name))?;
+            Some(RunLock::acquire(
+                &dir.join(&cfg.cluster_name).join(".etcd-lifeboat.lock"),
+            )?)
+        }
+        _ => None,
+    };
+
+    let pre = etcd::preflight(&cfg.etcd).await?;
+    let chosen = pre.chosen.clone();
+    let preflight_time = t0.elapsed();
+
+    let factor = if cfg.compression == Compression::None {
+        1.0
+    } else {
+        1.5
+    };
+    let needed = (chosen.db_size as f64 * factor) as u64 + (16 << 20);
+    let free = free_space(&cfg.spool_dir)?;
+    if free < needed {
+        return Err(Error::io(
+            format!(
+                "spool dir {} has {} free but the snapshot of a {} database needs about {}; give LIFEBOAT_SPOOL_DIR more room (emptyDir sizeLimit)",
+                cfg.spool_dir.display(), mib(free), mib(chosen.db_size), mib(needed)
+            ),
+            std::io::Error::from_raw_os_error(libc::ENOSPC),
+        ));
+    }
+
+    let created = clock();
+    let name = format!(
+        "etcd-lifeboat-{}-{}.db",
+        cfg.cluster_name,
+        std::process::id()
+    );
+    tracing::info!(endpoint = %chosen.endpoint, member = %chosen.member_name, db_size = chosen.db_size, "streaming snapshot");
+    let t_stream = Instant::now();
+    let mut spool = Spool::create(
+        &cfg.spool_dir,
+        &name,
+        Progress::new("snapshot", Some(chosen.db_size), cfg.progress_interval),
+    )?;
+    etcd::stream_snapshot(&cfg.etcd, &chosen.endpoint, &mut spool).await?;
+    tracing::info!("{}", spool.progress_line());
+    let spooled = spool.finish()?;
+    let stream_time = t_stream.elapsed();
+
+    let t_verify = Instant::now();
+    let path = spooled.path.clone();
+    let report =
+        blocking(move || snapshot::inspect(&path).map_err(|e| Error::Verify(e.to_string())))
+            .await?;
+    report.verdict().map_err(Error::Verify)?;
+    if report.trailer != Trailer::Verified
+        || report.db_sha256 != spooled.db_sha256
+        || report.file_len != spooled.file_len
+    {
+        return Err(Error::Verify(format!(
+            "the spooled snapshot changed on disk after it was received (trailer {:?}); check the spool volume",
+            report.trailer
+        )));
+    }
+    let status = &report.status;
+    if status.revision < chosen.revision && !(status.revision == 0 && chosen.revision <= 1) {
+        return Err(Error::Verify(format!(
+            "snapshot revision {} is older than the revision {} seen in preflight: the snapshot came from a lagging member",
+            status.revision, chosen.revision
+        )));
+    }
+    let verify_time = t_verify.elapsed();
+
+    let t_compress = Instant::now();
+    let object_name = manifest::object_name(cfg.compression.name());
+    let (upload_path, _compressed_guard, stored_size, stored_sha) = match cfg.compression {
+        Compression::None => (
+            spooled.path.clone(),
+            None,
+            spooled.file_len,
+            report.file_sha256,
+        ),
+        Compression::Zstd(level) => {
+            let dest = cfg.spool_dir.join(format!("{name}.zst"));
+            let guard = RemoveOnDrop::new(dest.clone());
+            let (src, d2) = (spooled.path.clone(), dest.clone());
+            let (size, sha) = blocking(move || compress(&src, &d2, level)).await?;
+            (dest, Some(guard), size, sha)
+        }
+    };
+    let compress_time = t_compress.elapsed();
+
+    let id = manifest::backup_id(created, status.revision);
+    let dir = manifest::backup_dir(&cfg.cluster_name, &id);
+    let object_key = format!("{dir}/{object_name}");
+    let t_upload = Instant::now();
+    let put = store.put_file(&object_key, &upload_path).await?;
+    match store.head(&object_key).await? {
+        Some(h) if h.size == stored_size && put.size == stored_size => {}
+        other => {
+            let _ = store.delete(&object_key).await;
+            return Err(Error::Store(format!(
+                "read-back of {object_key} failed: expected {stored_size} bytes, store reports {:?}",
+                other.map(|h| h.size)
+            )));
+        }
+    }
+    let upload_time = t_upload.elapsed();
+
+    let m = Manifest {
+        format_version: manifest::FORMAT_VERSION,
+        tool_version: env!("CARGO_PKG_VERSION").to_string(),
+        backup_id: id.clone(),
+        cluster_name: cfg.cluster_name.clone(),
+        created: manifest::rfc3339(created),
+        cluster_id: chosen.cluster_id.clone(),
+        member_id: chosen.member_id.clone(),
+        member_name: chosen.member_name.clone(),
+        endpoint: chosen.endpoint.clone(),
+        etcd_version: chosen.version.clone(),
+        revision: status.revision,
+        raft_term: chosen.raft_term,
+        raft_index: chosen.raft_index,
+        status: StatusRecord {
+            hash: status.hash,
+            revision: status.revision,
+            total_key: status.total_key,
+            total_size: status.total_size,
+        },
+        db_sha256: hex::encode(report.db_sha256),
+        db_size: report.db_len,
+        snapshot_size: report.file_len,
+        snapshot_sha256: hex::encode(report.file_sha256),
+        object_key: object_key.clone(),
+        compression: cfg.compression.name().to_string(),
+        stored_size,
+        stored_sha256: hex::encode(stored_sha),
+        durations: Durations {
+            preflight_ms: manifest::ms(preflight_time),
+            stream_ms: manifest::ms(stream_time),
+            verify_ms: manifest::ms(verify_time),
+            compress_ms: manifest::ms(compress_time),
+            upload_ms: manifest::ms(upload_time),
+            total_ms: manifest::ms(t0.elapsed()),
+        },
+    };
+    let manifest_key = format!("{dir}/{}", manifest::MANIFEST_NAME);
+    if let Err(e) = store.put_bytes(&manifest_key, &m.to_json()).await {
+        let _ = store.delete(&object_key).await;
+        return Err(e);
+    }
+    let back = Manifest::from_json(&manifest_key, &store.get_bytes(&manifest_key).await?)?;
+    if back != m {
+        return Err(Error::Store(format!(
+            "read-back of {manifest_key} differs from what was written"
+        )));
+    }
+    let secs = t0.elapsed().as_secs_f64().max(1e-3);
+    tracing::info!(
+        backup_id = %id, revision = status.revision, db_bytes = report.db_len, stored_bytes = stored_size,
+        compression = cfg.compression.name(), store = %store.describe(),
+        stream_ms = m.durations.stream_ms, verify_ms = m.durations.verify_ms, compress_ms = m.durations.compress_ms,
+        upload_ms = m.durations.upload_ms, total_ms = m.durations.total_ms,
+        throughput = %format!("{}/s", mib((report.file_len as f64 / secs) as u64)),
+        "backup complete"
+    );
+    Ok(m)
+}
