@@ -14,6 +14,7 @@
 //! `main.rs` only parses the command, sets up logging, calls `run::run` and maps errors to exit codes.
 
 pub mod backup;
+pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod error;
@@ -22,6 +23,7 @@ pub mod fsutil;
 pub mod lock;
 pub mod logging;
 pub mod manifest;
+pub mod retention;
 pub mod run;
 pub mod shutdown;
 pub mod snapshot;

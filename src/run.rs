@@ -7,11 +7,14 @@ use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
+use crate::catalog::{self, Catalog};
 use crate::cli::{Command, WriteOut};
 use crate::config::Env;
 use crate::error::{Error, Result};
+use crate::retention::Policy;
 use crate::snapshot::status::{self, Compat, TableStyle};
 use crate::snapshot::{self, Trailer};
+use crate::store::{Location, Store};
 
 pub fn run(cmd: Command, env: &Env) -> Result<()> {
     match cmd {
@@ -47,14 +50,77 @@ pub fn run(cmd: Command, env: &Env) -> Result<()> {
         }
         Command::Backup => {
             let cfg = crate::backup::BackupConfig::from_env(env)?;
-            let m = with_runtime(crate::backup::run(&cfg, &SystemTime::now))?;
+            let policy = Policy::from_env(env)?;
+            let dry_run = env.bool("LIFEBOAT_DRY_RUN", false)?;
+            let m = with_runtime(async {
+                let m = crate::backup::run(&cfg, &SystemTime::now).await?;
+                // Retention after a successful backup: failures are logged, never fatal.
+                if !policy.is_empty() {
+                    let res = async {
+                        let store = crate::store::Store::open(&cfg.store)?;
+                        let cat = catalog::load(&store, &cfg.cluster_name).await?;
+                        let plan = catalog::plan_prune(&cat, &policy, SystemTime::now());
+                        catalog::prune(&store, &cfg.cluster_name, &cat, &plan, dry_run).await
+                    };
+                    match res.await {
+                        Ok(n) => tracing::info!(deleted = n, dry_run, "retention applied"),
+                        Err(e) => {
+                            tracing::error!(error = %crate::error::chain(&e), "retention failed (the backup itself succeeded)")
+                        }
+                    }
+                }
+                Ok(m)
+            })?;
             println!("{}", m.backup_id);
             Ok(())
         }
         Command::Restore => Err(Error::NotImplemented("restore")),
-        Command::List { .. } => Err(Error::NotImplemented("list")),
-        Command::Verify { .. } => Err(Error::NotImplemented("verify")),
-        Command::Prune => Err(Error::NotImplemented("prune")),
+        Command::List { write_out } => {
+            let (store, cluster) = open_store(env)?;
+            let cat = with_runtime(catalog::load(&store, &cluster))?;
+            print!("{}", render_list(&cat, write_out));
+            Ok(())
+        }
+        Command::Verify { id } => {
+            let (store, cluster) = open_store(env)?;
+            let spool = spool_dir(env)?;
+            with_runtime(async {
+                let cat = catalog::load(&store, &cluster).await?;
+                let m = catalog::select(&cat, id.as_deref())?;
+                tracing::info!(backup = %m.backup_id, object = %m.object_key, "verifying");
+                let (_file, report) = catalog::verify(&store, m, &spool).await?;
+                println!(
+                    "{}: OK (sha256 of stored object and database match the manifest; trailer verified: {}; bbolt integrity OK; revision {}, {} keys)",
+                    m.backup_id,
+                    report.trailer == Trailer::Verified,
+                    report.status.revision,
+                    report.status.total_key
+                );
+                Ok(())
+            })
+        }
+        Command::Prune => {
+            let (store, cluster) = open_store(env)?;
+            let policy = Policy::from_env(env)?;
+            let dry_run = env.bool("LIFEBOAT_DRY_RUN", false)?;
+            with_runtime(async {
+                let cat = catalog::load(&store, &cluster).await?;
+                let plan = catalog::plan_prune(&cat, &policy, SystemTime::now());
+                for d in &plan {
+                    let verb = if d.keep {
+                        "keep"
+                    } else if dry_run {
+                        "would delete"
+                    } else {
+                        "delete"
+                    };
+                    println!("{verb:<12} {:<28} {}", d.id, d.reasons.join("; "));
+                }
+                let n = catalog::prune(&store, &cluster, &cat, &plan, dry_run).await?;
+                tracing::info!(deleted = n, dry_run, "prune finished");
+                Ok(())
+            })
+        }
     }
 }
 
@@ -100,4 +166,99 @@ fn with_runtime<T>(work: impl Future<Output = Result<T>>) -> Result<T> {
     });
     rt.shutdown_timeout(Duration::from_secs(5));
     out
+}
+
+fn open_store(env: &Env) -> Result<(Store, String)> {
+    let loc = Location::parse(
+        "LIFEBOAT_STORE",
+        env.get("LIFEBOAT_STORE")
+            .unwrap_or("file:///var/lib/etcd-lifeboat/backups"),
+    )?;
+    let cluster = env
+        .get("LIFEBOAT_CLUSTER_NAME")
+        .unwrap_or("default")
+        .to_string();
+    crate::manifest::check_cluster_name(&cluster)?;
+    Ok((Store::open(&loc)?, cluster))
+}
+
+fn spool_dir(env: &Env) -> Result<std::path::PathBuf> {
+    let dir = env.path("LIFEBOAT_SPOOL_DIR", "/tmp");
+    if !dir.is_dir() {
+        return Err(Error::Config(format!(
+            "LIFEBOAT_SPOOL_DIR: {} is not a directory",
+            dir.display()
+        )));
+    }
+    Ok(dir)
+}
+
+/// `list` output: a table (default), one JSON array of manifests, or one id per line.
+pub fn render_list(cat: &Catalog, w: WriteOut) -> String {
+    match w {
+        WriteOut::Json => {
+            let all: Vec<_> = cat.complete.iter().map(|(m, _)| m).collect();
+            format!(
+                "{}\n",
+                serde_json::to_string_pretty(&all).unwrap_or_default()
+            )
+        }
+        WriteOut::Simple => cat
+            .complete
+            .iter()
+            .map(|(m, _)| format!("{}\n", m.backup_id))
+            .collect(),
+        WriteOut::Table => {
+            let header = [
+                "ID",
+                "CREATED",
+                "REVISION",
+                "MEMBER",
+                "DB SIZE",
+                "STORED",
+                "COMPRESSION",
+                "SHA256",
+            ];
+            let rows: Vec<[String; 8]> = cat
+                .complete
+                .iter()
+                .map(|(m, _)| {
+                    [
+                        m.backup_id.clone(),
+                        m.created.clone(),
+                        m.revision.to_string(),
+                        m.member_name.clone(),
+                        status::humanize_bytes(m.db_size),
+                        status::humanize_bytes(m.stored_size),
+                        m.compression.clone(),
+                        m.db_sha256.chars().take(12).collect(),
+                    ]
+                })
+                .collect();
+            let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+            for r in &rows {
+                for (i, c) in r.iter().enumerate() {
+                    widths[i] = widths[i].max(c.chars().count());
+                }
+            }
+            let line = |cells: Vec<&str>| -> String {
+                let mut s: String = cells
+                    .iter()
+                    .zip(&widths)
+                    .map(|(c, w)| format!("{c:<w$}  "))
+                    .collect();
+                s.truncate(s.trim_end().len());
+                s.push('\n');
+                s
+            };
+            let mut out = line(header.to_vec());
+            for r in &rows {
+                out.push_str(&line(r.iter().map(String::as_str).collect()));
+            }
+            if !cat.incomplete.is_empty() {
+                out.push_str(&format!("({} incomplete backup(s) without a manifest not shown; `prune` removes them after the grace period)\n", cat.incomplete.len()));
+            }
+            out
+        }
+    }
 }

@@ -31,3 +31,8 @@ pub enum TableStyle {
 pub fn render(_s: &Status, _w: crate::cli::WriteOut, _c: Compat, _t: TableStyle) -> String {
     String::new()
 }
+
+/// (stub until the engine lands) go-humanize `Bytes`.
+pub fn humanize_bytes(n: u64) -> String {
+    format!("{n} B")
+}
