@@ -23,6 +23,7 @@ pub mod fsutil;
 pub mod lock;
 pub mod logging;
 pub mod manifest;
+pub mod restore;
 pub mod retention;
 pub mod run;
 pub mod shutdown;
