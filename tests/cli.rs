@@ -51,7 +51,12 @@ fn top_level_help_lists_every_command() {
 fn each_command_help_lists_its_variables() {
     for (name, cmd) in COMMANDS {
         let out = run(&[name, "--help"]);
-        assert_eq!(out.status.code(), Some(0), "{name} --help: {}", describe(&out));
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{name} --help: {}",
+            describe(&out)
+        );
         let text = stdout(&out);
         assert!(
             text.starts_with(&format!("Usage: etcd-lifeboat {name}")),
@@ -65,11 +70,16 @@ fn each_command_help_lists_its_variables() {
                 .any(|l| l.split_whitespace().next() == Some(var.name));
             let belongs = var.commands.contains(&cmd);
             assert_eq!(
-                listed, belongs,
+                listed,
+                belongs,
                 "{name} --help {} {} but the variable table says it {} to {name}:\n{text}",
                 if listed { "lists" } else { "omits" },
                 var.name,
-                if belongs { "belongs" } else { "does not belong" }
+                if belongs {
+                    "belongs"
+                } else {
+                    "does not belong"
+                }
             );
             if listed && !var.default.is_empty() {
                 assert!(

@@ -582,6 +582,11 @@ impl Etcd {
         lines[lines.len().saturating_sub(n)..].join("\n")
     }
 
+    /// The etcd process id while it has not been stopped or killed.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn is_running(&mut self) -> bool {
         match &mut self.child {
             Some(c) => matches!(c.try_wait(), Ok(None)),
