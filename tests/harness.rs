@@ -201,3 +201,51 @@ fn missing_binaries_fail_loudly() {
         describe(&out)
     );
 }
+
+#[test]
+fn etcd_dies_with_a_killed_test_process() {
+    // The child test process starts etcd, reports its pid, and waits to be SIGKILLed: no Drop
+    // runs there, so only PR_SET_PDEATHSIG can take etcd down with it.
+    if std::env::var_os("LIFEBOAT_HARNESS_CHILD").is_some() {
+        let tls = Tls::temp();
+        let etcd = Etcd::start(Version::V3_5_30, &tls, EtcdOpts::default());
+        println!("ETCD_PID={}", etcd.pid().unwrap());
+        std::io::Write::flush(&mut std::io::stdout()).unwrap();
+        std::thread::sleep(std::time::Duration::from_secs(120));
+        return;
+    }
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "etcd_dies_with_a_killed_test_process",
+            "--nocapture",
+        ])
+        .env("LIFEBOAT_HARNESS_CHILD", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut pid = None;
+    for line in std::io::BufReader::new(child.stdout.take().unwrap()).lines() {
+        if let Some(p) = line.unwrap().strip_prefix("ETCD_PID=") {
+            pid = Some(p.trim().to_string());
+            break;
+        }
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let pid = pid.expect("child test did not start etcd");
+    let proc = format!("/proc/{pid}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    // Gone, or a zombie waiting for init to reap it (it is no longer running either way).
+    let alive = || {
+        std::fs::read_to_string(format!("{proc}/stat"))
+            .map(|s| !s.contains(") Z "))
+            .unwrap_or(false)
+    };
+    while alive() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(!alive(), "etcd {pid} outlived its killed test process");
+}

@@ -382,12 +382,17 @@ fn spawn_guarded(cmd: Command) -> std::io::Result<Child> {
         std::thread::Builder::new()
             .name("etcd-spawner".into())
             .spawn(move || {
+                let parent = std::process::id() as libc::pid_t;
                 for (mut cmd, reply) in rx {
-                    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+                    // SAFETY: only async-signal-safe calls (prctl, getppid) between fork and exec.
                     unsafe {
-                        cmd.pre_exec(|| {
+                        cmd.pre_exec(move || {
                             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                                 return Err(std::io::Error::last_os_error());
+                            }
+                            // The parent died before the prctl took effect: do not start at all.
+                            if libc::getppid() != parent {
+                                return Err(std::io::Error::other("test process gone"));
                             }
                             Ok(())
                         });
