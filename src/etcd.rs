@@ -193,6 +193,11 @@ fn explain(cfg: &EtcdConfig, endpoint: &str, what: &str, e: &etcd_client::Error)
         || lower.contains("invalid peer certificate")
     {
         " — the server's certificate is not signed by LIFEBOAT_ETCD_CACERT (certificate verification failed): check the CA file"
+    } else if lower.contains("fatal alert: unknownca")
+        || lower.contains("fatal alert: badcertificate")
+        || lower.contains("fatal alert: certificateunknown")
+    {
+        " — etcd rejected our client certificate: LIFEBOAT_ETCD_CERT must be signed by the CA etcd trusts for clients (its --trusted-ca-file)"
     } else if lower.contains("certificaterequired") || lower.contains("certificate required") {
         " — etcd requires a client certificate: set LIFEBOAT_ETCD_CERT and LIFEBOAT_ETCD_KEY (kubeadm: /etc/kubernetes/pki/etcd/healthcheck-client.crt/.key)"
     } else if lower.contains("certificate")
@@ -209,6 +214,10 @@ fn explain(cfg: &EtcdConfig, endpoint: &str, what: &str, e: &etcd_client::Error)
         " — etcd is not reachable: check LIFEBOAT_ETCD_ENDPOINTS and that the member is running"
     } else if lower.contains("permission denied") || lower.contains("user name is empty") {
         " — authorization failed: snapshots need the root role when auth is enabled (client certificate CN=root)"
+    } else if cfg.tls.as_ref().is_some_and(|t| t.identity.is_some())
+        && lower.contains("connection closed")
+    {
+        " — etcd closed the connection right after the TLS handshake, which is how it rejects a client certificate under TLS 1.3: check that LIFEBOAT_ETCD_CERT is signed by the CA etcd trusts for clients (its --trusted-ca-file)"
     } else if cfg.tls.as_ref().is_some_and(|t| t.identity.is_none()) {
         " — no client certificate is configured and etcd usually requires one: set LIFEBOAT_ETCD_CERT and LIFEBOAT_ETCD_KEY"
     } else {
