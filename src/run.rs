@@ -131,6 +131,9 @@ fn status_cmd(path: &Path, w: WriteOut, compat: Compat, style: TableStyle) -> Re
     if let Err(problems) = report.verdict() {
         return Err(Error::Verify(format!("{}: {problems}", path.display())));
     }
+    if let (Compat::V36, Some(problem)) = (compat, &report.v36_problem) {
+        return Err(Error::Verify(format!("{}: {problem}", path.display())));
+    }
     let out = status::render(&report.status, w, compat, style);
     std::io::stdout()
         .write_all(out.as_bytes())

@@ -4,16 +4,21 @@
 //! and returns everything there is to know about it — the `etcdutl snapshot status` numbers, the
 //! sha256 trailer verdict, and the bbolt integrity errors (bbolt `tx.Check()` wording).
 //!
-//! - `bolt.rs`   bbolt format primitives (meta, page header, elements) + a random-access cursor
-//! - `scan.rs`   the single sequential pass: sha256 on one thread, page summaries on the other
-//! - `check.rs`  `tx.Check()` over the page summaries, and the trailer rule (spec §1.4, §5.4)
-//! - `status.rs` hash / revision / totalKey / totalSize (spec §2) and the etcdutl printers
+//! - `bolt.rs`    bbolt format primitives (meta, page header, elements) + a random-access cursor
+//! - `summary.rs` compact per-node summaries made while the file streams past
+//! - `mvcc.rs`    etcd's meaning of revision keys, `KeyValue` values and `storageVersion`
+//! - `scan.rs`    the single sequential pass: sha256 on one thread, page summaries on the other,
+//!   and the trailer rule (spec §1.4)
+//! - `check.rs`   `tx.Check()` over the page summaries (spec §5.4)
+//! - `status.rs`  hash / revision / totalKey / totalSize (spec §2) and the etcdutl printers
 //! - `write.rs`  the compacting bbolt writer used by restore (spec §5.5)
 
 pub mod bolt;
 pub mod check;
+pub mod mvcc;
 pub mod scan;
 pub mod status;
+pub mod summary;
 pub mod write;
 
 use std::path::Path;
@@ -64,6 +69,9 @@ pub struct Report {
     /// Length of the database part: `file_len - 32` with a trailer, else `file_len`.
     pub db_len: u64,
     pub page_size: u32,
+    /// Why `etcdutl` 3.6 would fail on this file where 3.5 does not (a `key` bucket entry that is
+    /// not a revision key with a `KeyValue` value); only matters for `--compat 3.6`.
+    pub v36_problem: Option<String>,
 }
 
 impl Report {
@@ -97,4 +105,9 @@ impl Report {
 /// bbolt at all is a `SnapshotError::Format`.
 pub fn inspect(path: &Path) -> Result<Report, SnapshotError> {
     scan::inspect_file(path)
+}
+
+/// [`inspect`] over a snapshot held in memory (tests, fuzzing).
+pub fn inspect_bytes(bytes: &[u8]) -> Result<Report, SnapshotError> {
+    scan::inspect_bytes(bytes)
 }
