@@ -328,8 +328,3 @@ mod tests {
         assert!(t.contains("|     119 kB |         |\n"), "{t}");
     }
 }
-
-/// (stub until the engine lands) go-humanize `Bytes`.
-pub fn humanize_bytes(n: u64) -> String {
-    format!("{n} B")
-}
