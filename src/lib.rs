@@ -17,5 +17,6 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod logging;
+pub mod restore;
 pub mod run;
 pub mod snapshot;
