@@ -160,21 +160,35 @@ fn etcdutl_status_accepts_our_database() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("db");
     std::fs::write(&path, &db).unwrap();
-    let out = Command::new(bin.join("etcdutl"))
-        .args(["snapshot", "status", "-w", "json"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "etcdutl snapshot status failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(status["totalKey"], summary.keys, "{status}");
-    assert_eq!(status["revision"], latest(&src).main, "{status}");
-    assert_eq!(status["totalSize"], summary.file_len(), "{status}");
-    assert_eq!(status["hash"], status_hash(&written), "{status}");
+    // etcdutl 3.5.30 (always), plus etcdutl 3.5.1 and etcdctl 3.4 when installed.
+    let mut tools = vec![(bin.join("etcdutl"), vec![])];
+    for (p, env) in [
+        ("/work/main/.deps/etcd-3.5.1/etcdutl", vec![]),
+        ("/usr/bin/etcdctl", vec![("ETCDCTL_API", "3")]),
+    ] {
+        if Path::new(p).exists() {
+            tools.push((PathBuf::from(p), env));
+        }
+    }
+    for (tool, env) in tools {
+        let out = Command::new(&tool)
+            .envs(env)
+            .args(["snapshot", "status", "-w", "json"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let who = tool.display();
+        assert!(
+            out.status.success(),
+            "{who} snapshot status failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(status["totalKey"], summary.keys, "{who}: {status}");
+        assert_eq!(status["revision"], latest(&src).main, "{who}: {status}");
+        assert_eq!(status["totalSize"], summary.file_len(), "{who}: {status}");
+        assert_eq!(status["hash"], status_hash(&written), "{who}: {status}");
+    }
 }
 
 fn free_port() -> u16 {
@@ -243,39 +257,8 @@ fn etcd_starts_on_a_native_data_dir_with_bump() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("native.etcd");
     build_data_dir(&data, &plan, &db);
-    let log = std::fs::File::create(dir.path().join("etcd.log")).unwrap();
-    let _etcd = Etcd(
-        Command::new(bin.join("etcd"))
-            .args(["--name", "native", "--data-dir"])
-            .arg(&data)
-            .args([
-                "--listen-client-urls",
-                &client,
-                "--advertise-client-urls",
-                &client,
-            ])
-            .args([
-                "--listen-peer-urls",
-                &peer,
-                "--initial-advertise-peer-urls",
-                &peer,
-            ])
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-    );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        match etcdctl(&bin, &client, &["endpoint", "status", "-w", "json"]) {
-            Ok(s) => break s,
-            Err(e) if Instant::now() > deadline => {
-                let log = std::fs::read_to_string(dir.path().join("etcd.log")).unwrap_or_default();
-                panic!("etcd did not come up: {e}\n--- etcd log ---\n{log}");
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(200)),
-        }
-    };
+    let _etcd = start_etcd(&bin, dir.path(), "native", &data, &client, &peer);
+    let status = wait_up(&bin, &client, &dir.path().join("native.log"));
     let status: serde_json::Value = serde_json::from_str(&status).unwrap();
     let st = &status[0]["Status"];
     assert_eq!(st["header"]["revision"], old.main + BUMP, "{status}");
@@ -332,6 +315,130 @@ fn etcd_starts_on_a_native_data_dir_with_bump() {
         "{after}"
     );
 
-    let log = std::fs::read_to_string(dir.path().join("etcd.log")).unwrap_or_default();
+    let log = std::fs::read_to_string(dir.path().join("native.log")).unwrap_or_default();
     assert!(!log.contains("panic"), "etcd log mentions a panic:\n{log}");
+}
+
+/// Start etcd on a prepared data dir, logging to `<logdir>/<name>.log`. The `--initial-*` flags
+/// are ignored by etcd once a WAL exists, so none are passed.
+fn start_etcd(
+    bin: &Path,
+    logdir: &Path,
+    name: &str,
+    data: &Path,
+    client: &str,
+    peer: &str,
+) -> Etcd {
+    let log = std::fs::File::create(logdir.join(format!("{name}.log"))).unwrap();
+    Etcd(
+        Command::new(bin.join("etcd"))
+            .args(["--name", name, "--data-dir"])
+            .arg(data)
+            .args([
+                "--listen-client-urls",
+                client,
+                "--advertise-client-urls",
+                client,
+            ])
+            .args([
+                "--listen-peer-urls",
+                peer,
+                "--initial-advertise-peer-urls",
+                peer,
+            ])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// Wait until `endpoint status` answers (30 s); returns its JSON output.
+fn wait_up(bin: &Path, client: &str, log: &Path) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match etcdctl(bin, client, &["endpoint", "status", "-w", "json"]) {
+            Ok(s) => return s,
+            Err(e) if Instant::now() > deadline => {
+                let log = std::fs::read_to_string(log).unwrap_or_default();
+                panic!("etcd did not come up: {e}\n--- etcd log ---\n{log}");
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}
+
+#[test]
+fn three_native_members_form_a_cluster() {
+    let Some(bin) = bin_dir() else { return };
+    let src = source(200);
+    let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
+    let names = ["m0", "m1", "m2"];
+    let initial: Vec<String> = names
+        .iter()
+        .zip(&ports)
+        .map(|(n, (_, p))| format!("{n}=http://127.0.0.1:{p}"))
+        .collect();
+    let initial = initial.join(",");
+    let dir = tempfile::tempdir().unwrap();
+    let mut procs = Vec::new();
+    let mut plans = Vec::new();
+    for (name, (c, p)) in names.iter().zip(&ports) {
+        let peer = format!("http://127.0.0.1:{p}");
+        let plan = ClusterPlan::new(name, &initial, &peer, "oracle-3").unwrap();
+        let diff = RestoreDiff::new(&plan, None).unwrap();
+        let (db, _, _) = write_restored(&src, &diff);
+        let data = dir.path().join(format!("{name}.etcd"));
+        build_data_dir(&data, &plan, &db);
+        procs.push(start_etcd(
+            &bin,
+            dir.path(),
+            name,
+            &data,
+            &format!("http://127.0.0.1:{c}"),
+            &peer,
+        ));
+        plans.push(plan);
+    }
+    let mut leaders = Vec::new();
+    for (i, (c, _)) in ports.iter().enumerate() {
+        let client = format!("http://127.0.0.1:{c}");
+        let st = wait_up(&bin, &client, &dir.path().join(format!("{}.log", names[i])));
+        let st: serde_json::Value = serde_json::from_str(&st).unwrap();
+        let h = &st[0]["Status"]["header"];
+        assert_eq!(h["cluster_id"], plans[i].cluster_id, "{st}");
+        assert_eq!(h["member_id"], plans[i].local_id, "{st}");
+        leaders.push(st[0]["Status"]["leader"].clone());
+    }
+    assert!(
+        leaders.iter().all(|l| *l == leaders[0]),
+        "leaders disagree: {leaders:?}"
+    );
+    // a write on m0 is readable on m2 (linearizable read), and the restored keys are there
+    let c0 = format!("http://127.0.0.1:{}", ports[0].0);
+    let c2 = format!("http://127.0.0.1:{}", ports[2].0);
+    etcdctl(&bin, &c0, &["put", "/replicated", "yes"]).unwrap();
+    assert_eq!(
+        etcdctl(&bin, &c2, &["get", "/replicated", "--print-value-only"]).unwrap(),
+        "yes\n"
+    );
+    let got = etcdctl(
+        &bin,
+        &c2,
+        &["get", "/oracle/", "--prefix", "--keys-only", "-w", "json"],
+    )
+    .unwrap();
+    let got: serde_json::Value = serde_json::from_str(&got).unwrap();
+    assert_eq!(got["count"], 200, "{got}");
+    let members = etcdctl(&bin, &c2, &["member", "list", "-w", "json"]).unwrap();
+    let members: serde_json::Value = serde_json::from_str(&members).unwrap();
+    let mut ids: Vec<u64> = members["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["ID"].as_u64().unwrap())
+        .collect();
+    ids.sort_unstable();
+    assert_eq!(ids, plans[0].member_ids());
+    drop(procs);
 }
