@@ -201,6 +201,19 @@ mod tests {
     }
 
     #[test]
+    fn mixed_url_forms_are_byte_identical() {
+        let plan = ClusterPlan::new(
+            "Db",
+            "Db=HTTP://LocalHost:2380,Db=https://[::1]:2381,a=unix://sock:1",
+            "https://[::1]:2381, HTTP://LocalHost:2380",
+            "etcd-cluster",
+        )
+        .unwrap();
+        let want = fixture("restore/two-urls-0000000000000001-0000000000000002.snap");
+        assert_eq!(restore_snap_file(&plan), want);
+    }
+
+    #[test]
     fn event_ring_wraps_like_go() {
         // 1001 members: the first event is overwritten, Front moves to 1.
         let members = (1..=1001u64)

@@ -233,6 +233,36 @@ mod tests {
         }
     }
 
+    /// Go JSON escaping in the member name; several URLs per member, an uppercase scheme, an
+    /// IPv6 host, a unix URL and spaces in the advertise list (etcdutl 3.5.30 vectors).
+    #[test]
+    fn escaping_and_url_forms_are_byte_identical() {
+        let cases = [
+            (
+                "n<&>\"x",
+                "n<&>\"x=http://127.0.0.1:1",
+                "http://127.0.0.1:1",
+                "tok",
+                "restore/escaped-name.wal.records",
+            ),
+            (
+                "Db",
+                "Db=HTTP://LocalHost:2380,Db=https://[::1]:2381,a=unix://sock:1",
+                "https://[::1]:2381, HTTP://LocalHost:2380",
+                "etcd-cluster",
+                "restore/two-urls.wal.records",
+            ),
+        ];
+        for (name, ic, adv, token, file) in cases {
+            let plan = ClusterPlan::new(name, ic, adv, token).unwrap();
+            assert_eq!(
+                hex::encode(restore_wal_records(&plan)),
+                hex::encode(golden(file)),
+                "{file}"
+            );
+        }
+    }
+
     #[test]
     fn decode_walks_and_checks_the_chain() {
         let plan = ClusterPlan::new(
