@@ -257,7 +257,14 @@ fn etcd_starts_on_a_native_data_dir_with_bump() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("native.etcd");
     build_data_dir(&data, &plan, &db);
-    let _etcd = start_etcd(&bin, dir.path(), "native", &data, &client, &peer);
+    let _etcd = start_etcd(
+        &bin.join("etcd"),
+        dir.path(),
+        "native",
+        &data,
+        &client,
+        &peer,
+    );
     let status = wait_up(&bin, &client, &dir.path().join("native.log"));
     let status: serde_json::Value = serde_json::from_str(&status).unwrap();
     let st = &status[0]["Status"];
@@ -322,7 +329,7 @@ fn etcd_starts_on_a_native_data_dir_with_bump() {
 /// Start etcd on a prepared data dir, logging to `<logdir>/<name>.log`. The `--initial-*` flags
 /// are ignored by etcd once a WAL exists, so none are passed.
 fn start_etcd(
-    bin: &Path,
+    etcd: &Path,
     logdir: &Path,
     name: &str,
     data: &Path,
@@ -331,7 +338,7 @@ fn start_etcd(
 ) -> Etcd {
     let log = std::fs::File::create(logdir.join(format!("{name}.log"))).unwrap();
     Etcd(
-        Command::new(bin.join("etcd"))
+        Command::new(etcd)
             .args(["--name", name, "--data-dir"])
             .arg(data)
             .args([
@@ -391,7 +398,7 @@ fn three_native_members_form_a_cluster() {
         let data = dir.path().join(format!("{name}.etcd"));
         build_data_dir(&data, &plan, &db);
         procs.push(start_etcd(
-            &bin,
+            &bin.join("etcd"),
             dir.path(),
             name,
             &data,
@@ -441,4 +448,47 @@ fn three_native_members_form_a_cluster() {
     ids.sort_unstable();
     assert_eq!(ids, plans[0].member_ids());
     drop(procs);
+}
+
+/// etcd 3.4 reads membership from the v2 store in `.snap` and ignores WAL snapshot field 3 and
+/// `meta/term`: the 3.5-format dir must still start it (spec §6).
+#[test]
+fn etcd_34_starts_on_a_native_data_dir() {
+    let Some(bin) = bin_dir() else { return };
+    let etcd34 = Path::new("/usr/bin/etcd");
+    if !etcd34.exists() {
+        eprintln!("SKIPPED: no etcd 3.4 at /usr/bin/etcd");
+        return;
+    }
+    let src = source(500);
+    let (cport, pport) = (free_port(), free_port());
+    let client = format!("http://127.0.0.1:{cport}");
+    let peer = format!("http://127.0.0.1:{pport}");
+    let plan = ClusterPlan::new("old", &format!("old={peer}"), &peer, "oracle-34").unwrap();
+    let diff = RestoreDiff::new(&plan, None).unwrap();
+    let (db, _, _) = write_restored(&src, &diff);
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("old.etcd");
+    build_data_dir(&data, &plan, &db);
+    let _etcd = start_etcd(etcd34, dir.path(), "old", &data, &client, &peer);
+    let st = wait_up(&bin, &client, &dir.path().join("old.log"));
+    let st: serde_json::Value = serde_json::from_str(&st).unwrap();
+    assert_eq!(
+        st[0]["Status"]["header"]["cluster_id"], plan.cluster_id,
+        "{st}"
+    );
+    assert_eq!(
+        st[0]["Status"]["header"]["revision"],
+        latest(&src).main,
+        "{st}"
+    );
+    let got = etcdctl(
+        &bin,
+        &client,
+        &["get", "/oracle/", "--prefix", "--keys-only", "-w", "json"],
+    )
+    .unwrap();
+    let got: serde_json::Value = serde_json::from_str(&got).unwrap();
+    assert_eq!(got["count"], 500, "{got}");
+    etcdctl(&bin, &client, &["put", "/after", "x"]).unwrap();
 }

@@ -43,6 +43,18 @@ impl Revision {
         })
     }
 
+    /// The latest revision of a snapshot from the last key of its `key` bucket (keys sort by
+    /// revision, so the last one is the largest); `None` for an empty bucket gives revision 0,
+    /// as in etcd's `modifyLatestRevision`.
+    pub fn latest(last_key: Option<&[u8]>) -> Result<Revision, DiffError> {
+        match last_key {
+            None => Ok(Revision::default()),
+            Some(k) => {
+                Revision::from_key(k).ok_or_else(|| DiffError::BadRevisionKey(hex::encode(k)))
+            }
+        }
+    }
+
     /// `rev17`: `be64(main) || '_' || be64(sub)`.
     pub fn to_key(self) -> Vec<u8> {
         let mut k = Vec::with_capacity(17);
@@ -60,6 +72,8 @@ pub enum DiffError {
     BumpWithoutMarkCompacted,
     #[error("revision bump {bump} on top of revision {latest} exceeds etcd's maximum revision; use a smaller bump")]
     BumpOverflow { bump: u64, latest: u64 },
+    #[error("the last key of bucket `key` (0x{0}) is not a revision (8 bytes, '_', 8 bytes); the snapshot is not an etcd v3 database or is corrupt — restore without --bump-revision or use another snapshot")]
+    BadRevisionKey(String),
 }
 
 /// etcdutl's flag rule: `--bump-revision N` and `--mark-compacted` go together.

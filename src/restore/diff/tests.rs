@@ -129,6 +129,16 @@ fn bump_flags_and_overflow() {
         Some(Revision { main: 3, sub: 4 })
     );
     assert_eq!(Revision::from_key(b"short"), None);
+    assert_eq!(Revision::latest(None), Ok(Revision::default()));
+    let tomb = [&Revision { main: 9, sub: 1 }.to_key()[..], b"t"].concat();
+    assert_eq!(
+        Revision::latest(Some(&tomb)),
+        Ok(Revision { main: 9, sub: 1 })
+    );
+    assert!(matches!(
+        Revision::latest(Some(b"junk")),
+        Err(DiffError::BadRevisionKey(_))
+    ));
 }
 
 fn fixture(name: &str) -> Vec<u8> {
