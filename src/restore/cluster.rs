@@ -283,8 +283,22 @@ pub fn parse_url(raw: &str) -> Result<String, ClusterError> {
                 "URL address does not have the form \"host:port\": {e}"
             ))
         })?;
-    } else if rest.contains('[') || rest.contains(']') {
-        return Err(err("brackets are only supported in http(s) hosts"));
+    } else {
+        if rest.is_empty() {
+            return Err(err(
+                "a unix URL needs a socket path or host after the scheme",
+            ));
+        }
+        if rest.contains('[') || rest.contains(']') {
+            return Err(err("brackets are only supported in http(s) hosts"));
+        }
+        // Go's url.Parse validates a port in the host part for every scheme.
+        let authority = rest.split('/').next().unwrap_or_default();
+        if let Some((_, port)) = authority.rsplit_once(':') {
+            if !port.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(err("invalid port after host: the port must be a number"));
+            }
+        }
     }
     Ok(format!("{scheme}://{rest}"))
 }
@@ -536,6 +550,7 @@ mod tests {
             "https://[::1]:2380"
         );
         assert_eq!(parse_url("unix:///tmp/sock").unwrap(), "unix:///tmp/sock");
+        assert_eq!(parse_url("unixs://sock:1/p").unwrap(), "unixs://sock:1/p");
         assert_eq!(parse_url("http://host:").unwrap(), "http://host:");
         for bad in [
             "",
@@ -551,6 +566,8 @@ mod tests {
             "http://a b:1",
             "http://a%20:1",
             "http://a\u{7}:1",
+            "unix://",
+            "unix://sock:abc/x",
         ] {
             assert!(parse_url(bad).is_err(), "{bad:?} accepted");
         }
