@@ -295,12 +295,14 @@ mod tests {
     fn frame_padding() {
         let mut out = Vec::new();
         push_frame(&mut out, &[1, 2, 3]);
+        // 3 bytes + 5 bytes of padding: the length field's top byte is 0x80 | 5
         assert_eq!(
             hex::encode(&out),
-            "0300000000000085010203".to_string() + "0000000000"
+            "0300000000000085".to_owned() + "010203" + "0000000000"
         );
         let mut out = Vec::new();
         push_frame(&mut out, &[0; 8]);
-        assert_eq!(&out[..8], &8u64.to_le_bytes());
+        assert_eq!(out.len(), 16);
+        assert_eq!(&out[..8], &8u64.to_le_bytes()); // no padding: no flag
     }
 }
