@@ -174,24 +174,83 @@ fn status_compat_variable_is_validated() {
     );
 }
 
-/// Commands that are not built yet answer exit 9 and say so. This test changes (shrinks) as the
-/// commands land; everything about them lives here and nowhere else.
+/// Every command validates its configuration before doing anything: missing or malformed settings
+/// exit 2 with a message naming the variable, and nothing is touched.
 #[test]
-fn unbuilt_commands_exit_9_until_they_are_built() {
-    for args in [
-        &["backup"][..],
-        &["restore"],
-        &["list"],
-        &["verify"],
-        &["verify", "latest"],
-        &["prune"],
-    ] {
-        let out = run(args);
-        assert_eq!(out.status.code(), Some(9), "{args:?}: {}", describe(&out));
-        let err = stderr(&out);
+fn commands_refuse_bad_configuration_before_acting() {
+    let cases: &[(&[&str], &[(&str, &str)], &str)] = &[
+        (
+            &["restore"],
+            &[("LIFEBOAT_DATA_DIR", "/tmp/x")],
+            "LIFEBOAT_RESTORE_SOURCE",
+        ),
+        (
+            &["restore"],
+            &[("LIFEBOAT_RESTORE_SOURCE", "latest")],
+            "LIFEBOAT_DATA_DIR",
+        ),
+        (
+            &["restore"],
+            &[
+                ("LIFEBOAT_RESTORE_SOURCE", "latest"),
+                ("LIFEBOAT_DATA_DIR", "rel/dir"),
+            ],
+            "LIFEBOAT_DATA_DIR",
+        ),
+        (
+            &["backup"],
+            &[("LIFEBOAT_SPOOL_DIR", "/nonexistent/spool")],
+            "LIFEBOAT_SPOOL_DIR",
+        ),
+        (
+            &["backup"],
+            &[("LIFEBOAT_STORE", "ftp://x/y")],
+            "LIFEBOAT_STORE",
+        ),
+        (
+            &["backup"],
+            &[("LIFEBOAT_COMPRESSION", "lz4")],
+            "LIFEBOAT_COMPRESSION",
+        ),
+        (
+            &["backup"],
+            &[
+                ("LIFEBOAT_ETCD_ENDPOINTS", "http://127.0.0.1:1"),
+                ("LIFEBOAT_ETCD_DIAL_TIMEOUT", "soon"),
+            ],
+            "LIFEBOAT_ETCD_DIAL_TIMEOUT",
+        ),
+        (
+            &["list"],
+            &[("LIFEBOAT_CLUSTER_NAME", "../etc")],
+            "LIFEBOAT_CLUSTER_NAME",
+        ),
+        (
+            &["prune"],
+            &[("LIFEBOAT_KEEP_LAST", "many")],
+            "LIFEBOAT_KEEP_LAST",
+        ),
+        (
+            &["verify", "latest"],
+            &[("LIFEBOAT_STORE", "s3://NOT_A_BUCKET")],
+            "LIFEBOAT_STORE",
+        ),
+    ];
+    for (args, env, var) in cases {
+        let out = lifeboat()
+            .args(*args)
+            .envs(env.iter().copied())
+            .output()
+            .expect("run etcd-lifeboat");
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?} {env:?}: {}",
+            describe(&out)
+        );
         assert!(
-            err.contains(&format!("`{}` is not built yet", args[0])),
-            "{args:?}: {}",
+            stderr(&out).contains(var),
+            "{args:?} {env:?} should name {var}: {}",
             describe(&out)
         );
     }

@@ -4,12 +4,18 @@
 //! Indexed Jobs), the snapshot is fetched and fully verified, the plan is printed, and only then is
 //! anything on the target touched. Existing data is moved aside, never deleted.
 
-use std::path::PathBuf;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
+use crate::catalog;
 use crate::config::Env;
 use crate::error::{Error, Result};
-use crate::store::Location;
+use crate::fsutil::{mib, RemoveOnDrop};
+use crate::restore::build::build_member;
+use crate::restore::cluster::{format_id, ClusterPlan};
+use crate::restore::install;
+use crate::snapshot::{self, Report, Trailer};
+use crate::store::{Location, Store};
 
 /// Where the snapshot comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -180,6 +186,267 @@ impl RestoreConfig {
             progress_interval: env.duration("LIFEBOAT_PROGRESS_INTERVAL", "10s")?,
         })
     }
+}
+
+/// The marker a finished restore leaves in the data dir; a retried Job with the same inputs is a no-op.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Marker {
+    pub db_sha256: String,
+    pub name: String,
+    pub member_id: String,
+    pub cluster_id: String,
+    pub initial_cluster: String,
+    pub token: String,
+    pub bump_revision: u64,
+    pub restored_at: String,
+    pub moved_aside: Option<String>,
+}
+
+impl Marker {
+    fn same_restore(&self, other: &Marker) -> bool {
+        (
+            &self.db_sha256,
+            &self.member_id,
+            &self.cluster_id,
+            &self.initial_cluster,
+            &self.token,
+            self.bump_revision,
+        ) == (
+            &other.db_sha256,
+            &other.member_id,
+            &other.cluster_id,
+            &other.initial_cluster,
+            &other.token,
+            other.bump_revision,
+        )
+    }
+}
+
+/// A verified snapshot on local disk (removed afterwards when we downloaded it).
+struct Fetched {
+    path: PathBuf,
+    _guard: Option<RemoveOnDrop>,
+    report: Report,
+    label: String,
+}
+
+async fn fetch(cfg: &RestoreConfig) -> Result<Fetched> {
+    match &cfg.source {
+        Source::File(p) => {
+            let path = p.clone();
+            let report = tokio::task::spawn_blocking(move || snapshot::inspect(&path))
+                .await
+                .map_err(|e| Error::Internal(format!("worker thread failed: {e}")))?
+                .map_err(|e| Error::Verify(format!("{}: {e}", p.display())))?;
+            Ok(Fetched { path: p.clone(), _guard: None, report, label: p.display().to_string() })
+        }
+        Source::Catalog { store, cluster, which } => {
+            let store = Store::open(store)?;
+            let cat = catalog::load(&store, cluster).await?;
+            let m = catalog::select(&cat, Some(which))?;
+            tracing::info!(backup = %m.backup_id, store = %store.describe(), "fetching and verifying backup");
+            let (guard, report) = catalog::verify(&store, m, &cfg.spool_dir).await?;
+            Ok(Fetched { path: guard.path().to_path_buf(), _guard: Some(guard), report, label: format!("{}/{}", cluster, m.backup_id) })
+        }
+        Source::Url(u) => Err(Error::Config(format!(
+            "LIFEBOAT_RESTORE_SOURCE: {}: restoring from a URL is not built yet in this version; download the snapshot and give its path",
+            crate::store::redact_url(u)
+        ))),
+    }
+}
+
+/// etcdutl's rules for the trailer (spec §1.4), plus the integrity check.
+fn check_snapshot(report: &Report, skip_hash_check: bool) -> Result<()> {
+    match &report.trailer {
+        Trailer::Absent if !skip_hash_check => {
+            return Err(Error::Verify("snapshot missing hash but --skip-hash-check=false (a raw member/snap/db has no sha256 trailer: set LIFEBOAT_SKIP_HASH_CHECK=true to restore it)".into()))
+        }
+        Trailer::Mismatch { stored, computed } if !skip_hash_check => {
+            return Err(Error::Verify(format!("expected sha256 {}, got {}: the snapshot file is damaged", hex::encode(stored), hex::encode(computed))))
+        }
+        Trailer::Mismatch { .. } => tracing::warn!("sha256 trailer does not match, accepted because LIFEBOAT_SKIP_HASH_CHECK=true"),
+        _ => {}
+    }
+    if !report.integrity_errors.is_empty() {
+        return Err(Error::Verify(format!(
+            "snapshot file integrity check failed. {} errors found.\n{}",
+            report.integrity_errors.len(),
+            report.integrity_errors.join("\n")
+        )));
+    }
+    Ok(())
+}
+
+/// What a restore did (or would do, in a dry run).
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub marker: Marker,
+    pub already_done: bool,
+    pub dry_run: bool,
+}
+
+/// Plan, print the plan, then execute. `now` stamps the moved-aside directory.
+pub async fn run(cfg: &RestoreConfig, now: SystemTime) -> Result<Outcome> {
+    let plan = ClusterPlan::new(&cfg.name, &cfg.initial_cluster, &cfg.peer_urls, &cfg.token)
+        .map_err(|e| Error::Config(e.to_string()))?;
+    install::ensure_not_in_use(&cfg.data_dir)?;
+    let fetched = fetch(cfg).await?;
+    check_snapshot(&fetched.report, cfg.skip_hash_check)?;
+    let status = &fetched.report.status;
+    let bump = (cfg.bump_revision > 0).then_some(cfg.bump_revision);
+    let marker = Marker {
+        db_sha256: hex::encode(fetched.report.db_sha256),
+        name: cfg.name.clone(),
+        member_id: format_id(plan.local_id),
+        cluster_id: format_id(plan.cluster_id),
+        initial_cluster: cfg.initial_cluster.clone(),
+        token: cfg.token.clone(),
+        bump_revision: cfg.bump_revision,
+        restored_at: crate::manifest::rfc3339(now),
+        moved_aside: None,
+    };
+    let live_member = cfg.data_dir.join("member");
+    if let Some(old) =
+        install::read_marker(&cfg.data_dir).and_then(|s| serde_json::from_str::<Marker>(&s).ok())
+    {
+        if old.same_restore(&marker) && live_member.join("wal").exists() {
+            tracing::info!(data_dir = %cfg.data_dir.display(), restored_at = %old.restored_at, "this data dir was already restored from this snapshot with these settings: nothing to do");
+            return Ok(Outcome {
+                marker: old,
+                already_done: true,
+                dry_run: cfg.dry_run,
+            });
+        }
+    }
+    let needed = fetched.report.db_len + crate::restore::wal::WAL_SEGMENT_SIZE + (64 << 20);
+    let existing = if live_member.exists() {
+        format!(
+            "moved aside to {}/member.pre-restore-{}",
+            cfg.data_dir.display(),
+            crate::manifest::compact_utc(now)
+        )
+    } else {
+        "none (empty target)".to_string()
+    };
+    let members: Vec<String> = plan
+        .members
+        .iter()
+        .map(|m| format!("{}={} ({})", m.name, m.peer_urls.join(","), m.hex_id()))
+        .collect();
+    for line in [
+        format!(
+            "snapshot:        {} (revision {}, {} keys, {})",
+            fetched.label,
+            status.revision,
+            status.total_key,
+            mib(fetched.report.db_len)
+        ),
+        format!(
+            "member:          {} id {} peer URLs {}",
+            cfg.name,
+            format_id(plan.local_id),
+            cfg.peer_urls
+        ),
+        format!(
+            "cluster:         id {} token {:?}: {}",
+            format_id(plan.cluster_id),
+            cfg.token,
+            members.join(", ")
+        ),
+        format!(
+            "revision bump:   {}",
+            bump.map_or("none".to_string(), |b| format!(
+                "+{b}, old revisions marked compacted"
+            ))
+        ),
+        format!("target data dir: {}", cfg.data_dir.display()),
+        format!("existing member: {existing}"),
+        format!("disk needed:     about {}", mib(needed)),
+    ] {
+        println!("plan: {line}");
+    }
+    if cfg.dry_run {
+        println!("plan: LIFEBOAT_DRY_RUN=true: nothing was changed");
+        return Ok(Outcome {
+            marker,
+            already_done: false,
+            dry_run: true,
+        });
+    }
+    install::ensure_writable_with_room(&cfg.data_dir, needed)?;
+    let staging = install::fresh_staging(&cfg.data_dir)?;
+    let staging_guard = RemoveOnDrop::new(staging.clone());
+    let (snap, member_dir) = (fetched.path.clone(), staging.join("member"));
+    let wal_dir = member_dir.join("wal");
+    let latest = u64::try_from(status.revision).unwrap_or(0);
+    let plan2 = plan.clone();
+    let built = tokio::task::spawn_blocking(move || {
+        build_member(&snap, &member_dir, &wal_dir, &plan2, bump, latest)
+    })
+    .await
+    .map_err(|e| Error::Internal(format!("worker thread failed: {e}")))??;
+    tracing::info!(db_bytes = built.db_bytes, keys = built.keys, bumped_revision = ?built.bumped_revision, "member dir built in staging");
+    let swapped = install::swap(&cfg.data_dir, &staging, &crate::manifest::compact_utc(now))?;
+    staging_guard.disarm();
+    let marker = Marker {
+        moved_aside: swapped
+            .moved_aside
+            .as_ref()
+            .map(|p| p.display().to_string()),
+        ..marker
+    };
+    install::write_marker(
+        &cfg.data_dir,
+        &serde_json::to_string_pretty(&marker).unwrap_or_default(),
+    )?;
+    if let Some(wal_dir) = &cfg.wal_dir {
+        tracing::warn!(wal_dir = %wal_dir.display(), "LIFEBOAT_WAL_DIR is set but the WAL was written inside the data dir (member/wal); start etcd without --wal-dir or move it");
+    }
+    println!(
+        "restored {} into {}{}; start etcd with --name {} --data-dir {} (the --initial-* flags are ignored once a WAL exists)",
+        fetched.label,
+        cfg.data_dir.display(),
+        swapped.moved_aside.map(|p| format!(" (previous member moved to {})", p.display())).unwrap_or_default(),
+        cfg.name,
+        cfg.data_dir.display()
+    );
+    Ok(Outcome {
+        marker,
+        already_done: false,
+        dry_run: false,
+    })
+}
+
+/// For `verify`: build a throw-away member dir from a verified snapshot (a restore drill).
+pub fn drill(snapshot_path: &Path, revision: i64, scratch: &Path) -> Result<u64> {
+    let plan = ClusterPlan::new(
+        "drill",
+        "drill=http://localhost:2380",
+        "http://localhost:2380",
+        "etcd-cluster",
+    )
+    .map_err(|e| Error::Internal(e.to_string()))?;
+    let member = scratch.join("member");
+    let built = build_member(
+        snapshot_path,
+        &member,
+        &member.join("wal"),
+        &plan,
+        Some(1_000_000_000),
+        u64::try_from(revision).unwrap_or(0),
+    )?;
+    let report = snapshot::inspect(&member.join("snap/db")).map_err(|e| {
+        Error::Verify(format!(
+            "restore drill: the rebuilt database does not read back: {e}"
+        ))
+    })?;
+    if !report.integrity_errors.is_empty() {
+        return Err(Error::Verify(format!(
+            "restore drill: the rebuilt database fails the integrity check: {}",
+            report.integrity_errors.join("; ")
+        )));
+    }
+    Ok(built.keys)
 }
 
 #[cfg(test)]

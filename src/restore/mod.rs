@@ -14,6 +14,7 @@
 //! - `job.rs`      configuration, source, plan, then execute (`etcd-lifeboat restore`)
 //! - `install.rs`  staging inside the data dir, moving the old member aside, the swap, the marker
 
+pub mod build;
 pub mod cluster;
 pub mod diff;
 pub mod install;
