@@ -323,6 +323,11 @@ def test_openshift_grants_the_privileged_scc_and_reads_the_node_cert():
     assert R.one(docs, "ConfigMap", "etcd-lifeboat")["data"]["LIFEBOAT_COMPRESSION"] == "none"
 
 
+@pytest.mark.parametrize("overlay", ["k3s-rke2/k3s", "k3s-rke2/rke2"])
+def test_k3s_rke2_store_raw_snapshots_for_cluster_reset(overlay):
+    assert R.one(render(overlay), "ConfigMap", "etcd-lifeboat")["data"]["LIFEBOAT_COMPRESSION"] == "none"
+
+
 def test_hypershift_toleration_follows_the_namespace():
     docs = render("hypershift")
     ns = R.one(docs, "ServiceAccount", "etcd-lifeboat")["metadata"]["namespace"]
