@@ -116,6 +116,9 @@ rm -rf "$oci_dir"
 log "image: $image (uncompressed $img_bytes bytes, $(mib "$img_bytes"); compressed $(mib "$img_gz_bytes"); budget $(mib "$MAX_IMAGE_BYTES") uncompressed)"
 [ "$img_bytes" -le "$MAX_IMAGE_BYTES" ] || die "image exceeds its size budget"
 
+# Drop the images this tag replaced (vfs keeps full copies).
+"${bh[@]}" rmi --prune >/dev/null 2>&1 || true
+
 if [ -n "${OUTPUT:-}" ]; then
   log "exporting to $OUTPUT"
   "${bh[@]}" push --signature-policy "$policy" "$image" "$OUTPUT"

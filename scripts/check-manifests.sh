@@ -6,7 +6,7 @@
 #      LIFEBOAT_K8S_VERSIONS="1.33.0 ..."), and renders no Secret;
 #   2. yamllint on our YAML (.yamllint);
 #   3. hadolint on the Containerfile;
-#   4. shellcheck on scripts/*.sh (when shellcheck is installed);
+#   4. shellcheck on the packaging scripts (when shellcheck is installed);
 #   5. pytest tests/manifests: per-platform assertions on the rendered YAML (and negative controls).
 # Exit 0 when all pass, 1 when any fails, 2 when a required tool is missing (run scripts/install-deps.sh).
 # Takes ~20 s.
@@ -31,14 +31,15 @@ mapfile -t dirs < <(python3 tests/manifests/rendered.py list)
 python3 tests/manifests/rendered.py validate "${dirs[@]}" || failed+=("validation")
 
 step "yamllint"
-yamllint -s . && echo "yamllint: ok" || failed+=("yamllint")
+yamllint -s -c .yamllint manifests kustomize .yamllint && echo "yamllint: ok" || failed+=("yamllint")
 
 step "hadolint Containerfile"
 hadolint Containerfile && echo "hadolint: ok" || failed+=("hadolint")
 
-step "shellcheck scripts/*.sh"
+step "shellcheck (packaging scripts)"
 if command -v shellcheck >/dev/null; then
-  shellcheck scripts/*.sh && echo "shellcheck: ok" || failed+=("shellcheck")
+  shellcheck scripts/build-image.sh scripts/check-manifests.sh scripts/lifeboat-job.sh \
+    && echo "shellcheck: ok" || failed+=("shellcheck")
 else
   echo "shellcheck: not installed, skipped"
 fi
