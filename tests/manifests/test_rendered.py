@@ -232,9 +232,9 @@ def test_backup_runs_as_root_only_where_the_keys_require_it(overlay):
         assert sc.get("runAsUser", 65532) != 0
 
 
-@pytest.mark.parametrize("overlay", BACKUP_OVERLAYS + RESTORE_OVERLAYS)
-def test_pods_are_hardened(overlay):
-    docs = render(overlay)
+@pytest.mark.parametrize("directory", R.kustomize_dirs(), ids=lambda d: str(d.relative_to(R.REPO)))
+def test_pods_are_hardened(directory):
+    docs = R.render(directory)
     assert R.workloads(docs)
     for w in R.workloads(docs):
         assert R.hardening_errors(w) == []
