@@ -33,6 +33,10 @@ pub enum Command {
     Verify {
         id: Option<String>,
     },
+    Fetch {
+        id: String,
+        dest: String,
+    },
     Prune,
 }
 
@@ -47,6 +51,7 @@ Commands:
   status    print `etcdutl snapshot status` of a snapshot file and verify it
   list      list complete backups in the store
   verify    download a stored backup and check it end to end (a restore drill)
+  fetch     download a stored backup, verify it, write the snapshot file (for host-level restores)
   prune     apply the retention policy to the store
   version   print the version
 
@@ -61,6 +66,7 @@ fn command_help(cmd: Cmd) -> String {
         Cmd::List => ("list [-w table|json|simple]", "List the complete backups (those with a manifest) in the store."),
         Cmd::Verify => ("verify [ID|latest]", "Download a stored backup and check it: sha256 against the manifest, trailer,\nbbolt integrity, status equal to the manifest's."),
         Cmd::Prune => ("prune", "Apply the retention policy (LIFEBOAT_KEEP_*) to the store."),
+        Cmd::Fetch => ("fetch ID|latest FILE", "Download a stored backup, verify it fully (as `verify` does), and write the snapshot\nto FILE exactly as `etcdctl snapshot save` writes it (database + sha256 trailer),\nfor host-level restores with `etcd-lifeboat restore` or `etcdutl snapshot restore`."),
     };
     format!(
         "Usage: etcd-lifeboat {usage}\n\n{what}\n\n{}",
@@ -100,6 +106,7 @@ pub fn parse(args: &[String]) -> Result<Command> {
         "list" => Cmd::List,
         "verify" => Cmd::Verify,
         "prune" => Cmd::Prune,
+        "fetch" => Cmd::Fetch,
         other => {
             return Err(Error::Usage(format!(
                 "unknown command {other:?}; run `etcd-lifeboat --help`"
@@ -137,6 +144,7 @@ pub fn parse(args: &[String]) -> Result<Command> {
     }
     let max_positional = match cmd {
         Cmd::Status | Cmd::Verify => 1,
+        Cmd::Fetch => 2,
         _ => 0,
     };
     if positional.len() > max_positional {
@@ -165,6 +173,10 @@ pub fn parse(args: &[String]) -> Result<Command> {
             id: positional.pop(),
         },
         Cmd::Prune => Command::Prune,
+        Cmd::Fetch => match positional.as_slice() {
+            [id, dest] => Command::Fetch { id: id.clone(), dest: dest.clone() },
+            _ => return Err(Error::Usage("fetch needs a backup id (or `latest`) and a destination file: `etcd-lifeboat fetch latest /var/tmp/snapshot.db`".into())),
+        },
     })
 }
 

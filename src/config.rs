@@ -23,6 +23,7 @@ pub enum Cmd {
     List,
     Verify,
     Prune,
+    Fetch,
 }
 
 pub struct Var {
@@ -33,9 +34,9 @@ pub struct Var {
 }
 
 use Cmd::*;
-const ALL: &[Cmd] = &[Backup, Restore, Status, List, Verify, Prune];
+const ALL: &[Cmd] = &[Backup, Restore, Status, List, Verify, Prune, Fetch];
 const ETCD: &[Cmd] = &[Backup];
-const STORE: &[Cmd] = &[Backup, Restore, List, Verify, Prune];
+const STORE: &[Cmd] = &[Backup, Restore, List, Verify, Prune, Fetch];
 
 /// Every environment variable etcd-lifeboat reads.
 pub const VARS: &[Var] = &[
@@ -49,10 +50,10 @@ pub const VARS: &[Var] = &[
     Var { name: "LIFEBOAT_SNAPSHOT_TIMEOUT", default: "30m", help: "limit for the whole snapshot stream", commands: ETCD },
     Var { name: "LIFEBOAT_STORE", default: "file:///var/lib/etcd-lifeboat/backups", help: "where backups live: file:///dir, s3://bucket/prefix, or a presigned https:// URL", commands: STORE },
     Var { name: "LIFEBOAT_CLUSTER_NAME", default: "default", help: "name of this cluster in the store layout <prefix>/<cluster-name>/<backup-id>/", commands: STORE },
-    Var { name: "LIFEBOAT_SPOOL_DIR", default: "/tmp", help: "local directory for the snapshot while it is verified (needs room for the DB)", commands: &[Backup, Restore, Verify] },
+    Var { name: "LIFEBOAT_SPOOL_DIR", default: "/tmp", help: "local directory for the snapshot while it is verified (needs room for the DB)", commands: &[Backup, Restore, Verify, Fetch] },
     Var { name: "LIFEBOAT_COMPRESSION", default: "zstd", help: "`zstd` or `none`", commands: &[Backup] },
     Var { name: "LIFEBOAT_ZSTD_LEVEL", default: "3", help: "zstd level, 1 (fast) to 19 (small)", commands: &[Backup] },
-    Var { name: "LIFEBOAT_PROGRESS_INTERVAL", default: "10s", help: "how often long transfers log progress", commands: &[Backup, Restore, Verify] },
+    Var { name: "LIFEBOAT_PROGRESS_INTERVAL", default: "10s", help: "how often long transfers log progress", commands: &[Backup, Restore, Verify, Fetch] },
     Var { name: "LIFEBOAT_KEEP_LAST", default: "", help: "retention: keep the newest N backups (no LIFEBOAT_KEEP_* set = keep everything)", commands: &[Backup, Prune] },
     Var { name: "LIFEBOAT_KEEP_DAILY", default: "", help: "retention: keep the newest backup of each of the last N days that have one", commands: &[Backup, Prune] },
     Var { name: "LIFEBOAT_KEEP_WEEKLY", default: "", help: "retention: same per ISO week", commands: &[Backup, Prune] },

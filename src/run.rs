@@ -117,6 +117,38 @@ pub fn run(cmd: Command, env: &Env) -> Result<()> {
                 Ok(())
             })
         }
+        Command::Fetch { id, dest } => {
+            let (store, cluster) = open_store(env)?;
+            let spool = spool_dir(env)?;
+            let dest = std::path::PathBuf::from(dest);
+            if dest.exists() {
+                return Err(Error::Usage(format!(
+                    "{} exists; fetch never overwrites a file",
+                    dest.display()
+                )));
+            }
+            with_runtime(async {
+                let cat = catalog::load(&store, &cluster).await?;
+                let m = catalog::select(&cat, Some(&id))?;
+                let (file, report) = catalog::verify(&store, m, &spool).await?;
+                let tmp = crate::fsutil::temp_sibling(&dest);
+                let guard = crate::fsutil::RemoveOnDrop::new(tmp.clone());
+                std::fs::copy(file.path(), &tmp)
+                    .map_err(|e| Error::io(format!("writing {}", tmp.display()), e))?;
+                let f = std::fs::File::open(&tmp)
+                    .map_err(|e| Error::io(format!("opening {}", tmp.display()), e))?;
+                crate::fsutil::commit_file(&f, &tmp, &dest)?;
+                guard.disarm();
+                println!(
+                    "{}: verified and written to {} (revision {}, {} bytes)",
+                    m.backup_id,
+                    dest.display(),
+                    report.status.revision,
+                    report.file_len
+                );
+                Ok(())
+            })
+        }
         Command::Prune => {
             let (store, cluster) = open_store(env)?;
             let policy = Policy::from_env(env)?;

@@ -219,6 +219,28 @@ fn etcdctl_variables_only_then_list_and_verify() {
         describe(&out)
     );
 
+    // fetch writes the verified snapshot as etcdctl would, and never overwrites.
+    let fetched = dir.path().join("fetched.db");
+    let out = lifeboat()
+        .args(["fetch", "latest"])
+        .arg(&fetched)
+        .env("LIFEBOAT_STORE", &store_url)
+        .env("LIFEBOAT_SPOOL_DIR", dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(
+        std::fs::read(&fetched).unwrap()
+            == std::fs::read(store.join("default").join(&id).join("snapshot.db")).unwrap()
+    );
+    let out = lifeboat()
+        .args(["fetch", &id])
+        .arg(&fetched)
+        .env("LIFEBOAT_STORE", &store_url)
+        .output()
+        .unwrap();
+    assert_failed(&out, 2, &["never overwrites"]);
+
     // Damage the stored object: verify must fail with exit 4 and say so.
     let obj = store.join("default").join(&id).join("snapshot.db");
     let mut bytes = std::fs::read(&obj).unwrap();
