@@ -15,7 +15,9 @@ use etcd_lifeboat::snapshot::{inspect, Trailer};
 const FIXTURES: [&str; 4] = ["snap-v3423", "snap-v3501", "snap-v3530", "raw-v3423"];
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
 }
 
 fn recorded(name: &str) -> String {
@@ -29,9 +31,21 @@ fn status_is_byte_identical_to_etcdutl() {
         assert_eq!(r.verdict(), Ok(()), "{f}");
         let s = &r.status;
         let out = |w, t| render(s, w, Compat::V35, t);
-        assert_eq!(out(WriteOut::Simple, TableStyle::Unicode), recorded(&format!("{f}.status.simple")), "{f}");
-        assert_eq!(out(WriteOut::Json, TableStyle::Unicode), recorded(&format!("{f}.status.json")), "{f}");
-        assert_eq!(out(WriteOut::Table, TableStyle::Unicode), recorded(&format!("{f}.status.table")), "{f}");
+        assert_eq!(
+            out(WriteOut::Simple, TableStyle::Unicode),
+            recorded(&format!("{f}.status.simple")),
+            "{f}"
+        );
+        assert_eq!(
+            out(WriteOut::Json, TableStyle::Unicode),
+            recorded(&format!("{f}.status.json")),
+            "{f}"
+        );
+        assert_eq!(
+            out(WriteOut::Table, TableStyle::Unicode),
+            recorded(&format!("{f}.status.table")),
+            "{f}"
+        );
         assert_eq!(
             out(WriteOut::Table, TableStyle::Ascii),
             recorded(&format!("{f}.status.table-ascii")),
@@ -65,7 +79,10 @@ fn trailer_verdicts_and_hashes() {
     let r = etcd_lifeboat::snapshot::inspect_bytes(&bad).unwrap();
     assert!(matches!(r.trailer, Trailer::Mismatch { .. }));
     assert!(r.verdict().unwrap_err().contains("sha256 trailer mismatch"));
-    assert_eq!(r.status, saved.status, "the trailer does not change the status");
+    assert_eq!(
+        r.status, saved.status,
+        "the trailer does not change the status"
+    );
 }
 
 #[test]
@@ -89,11 +106,23 @@ fn corrupted_backup_fails_like_etcdutl() {
 fn binary_prints_what_etcdutl_prints() {
     for (w, ext) in [("simple", "simple"), ("json", "json"), ("table", "table")] {
         let out = Command::new(env!("CARGO_BIN_EXE_etcd-lifeboat"))
-            .args(["status", "-w", w, fixture("snap-v3501.db").to_str().unwrap()])
+            .args([
+                "status",
+                "-w",
+                w,
+                fixture("snap-v3501.db").to_str().unwrap(),
+            ])
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        assert_eq!(String::from_utf8(out.stdout).unwrap(), recorded(&format!("snap-v3501.status.{ext}")));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            String::from_utf8(out.stdout).unwrap(),
+            recorded(&format!("snap-v3501.status.{ext}"))
+        );
     }
 }
 
@@ -110,7 +139,10 @@ fn cursor_agrees_with_scan() {
         let mut total = 0u64;
         let mut revision = 0i64;
         let buckets = db.buckets().unwrap();
-        assert!(buckets.iter().any(|b| b.name == b"key" && b.root != 0), "{f}: key bucket is a tree");
+        assert!(
+            buckets.iter().any(|b| b.name == b"key" && b.root != 0),
+            "{f}: key bucket is a tree"
+        );
         for b in &buckets {
             crc = crc32c::crc32c_append(crc, &b.name);
             db.for_each_in(b, |k, v, is_bucket| {

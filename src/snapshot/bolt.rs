@@ -406,6 +406,62 @@ pub fn node_pages(h: &PageHeader, pgid: u64) -> Result<u64, String> {
     }
 }
 
+/// Something a database can be read from at given offsets: a file, or bytes in memory.
+pub trait ReadAt: Sync {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize>;
+}
+
+impl ReadAt for File {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+        FileExt::read_at(self, buf, offset)
+    }
+}
+
+impl ReadAt for [u8] {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+        let start = usize::try_from(offset)
+            .unwrap_or(usize::MAX)
+            .min(self.len());
+        let n = buf.len().min(self.len() - start);
+        buf[..n].copy_from_slice(&self[start..start + n]);
+        Ok(n)
+    }
+}
+
+impl ReadAt for Vec<u8> {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+        self.as_slice().read_at(buf, offset)
+    }
+}
+
+impl<T: ReadAt + ?Sized + Send> ReadAt for &T {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+        (**self).read_at(buf, offset)
+    }
+}
+
+/// Up to `len` bytes at `off`; fewer at the end.
+pub fn read_up_to<R: ReadAt + ?Sized>(src: &R, off: u64, len: usize) -> std::io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; len];
+    let n = fill(src, &mut buf, off)?;
+    buf.truncate(n);
+    Ok(buf)
+}
+
+/// Reads into all of `buf` unless the source ends first; returns the bytes read.
+pub fn fill<R: ReadAt + ?Sized>(src: &R, buf: &mut [u8], off: u64) -> std::io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match src.read_at(&mut buf[got..], off + got as u64) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
+}
+
 /// A top-level bucket of the root bucket.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BucketInfo {
@@ -418,14 +474,13 @@ pub struct BucketInfo {
 }
 
 /// A bbolt database read with `pread`: bounded memory (one node per tree level), no mmap.
-pub struct BoltFile {
-    file: File,
+pub struct BoltFile<R: ReadAt = File> {
+    file: R,
     path: String,
     meta: Meta,
-    db_len: u64,
 }
 
-impl BoltFile {
+impl BoltFile<File> {
     /// Open `path`, discover the page size, select and validate the meta. A sha256 trailer, if any, is
     /// ignored (bbolt ignores bytes past the high-water mark).
     pub fn open(path: &Path) -> Result<BoltFile, SnapshotError> {
@@ -439,11 +494,21 @@ impl BoltFile {
 
     /// Like `open`, over an already open file; `name` is used in error messages.
     pub fn from_file(file: File, name: &str) -> Result<BoltFile, SnapshotError> {
+        let len = file.metadata().map_err(|source| SnapshotError::Io {
+            path: name.to_string(),
+            source,
+        })?;
+        BoltFile::from_reader(file, len.len(), name)
+    }
+}
+
+impl<R: ReadAt> BoltFile<R> {
+    /// Over any source of `db_len` bytes (a file, or bytes in memory).
+    pub fn from_reader(file: R, db_len: u64, name: &str) -> Result<BoltFile<R>, SnapshotError> {
         let io = |source| SnapshotError::Io {
             path: name.to_string(),
             source,
         };
-        let db_len = file.metadata().map_err(io)?.len();
         let read = |off: u64, len: usize| read_up_to(&file, off, len).map_err(io);
         let page_size = discover_page_size(db_len, read)?;
         if !(MIN_PAGE_SIZE..=MAX_PAGE_SIZE).contains(&page_size) {
@@ -459,7 +524,6 @@ impl BoltFile {
             file,
             path: name.to_string(),
             meta,
-            db_len,
         })
     }
 
@@ -494,9 +558,7 @@ impl BoltFile {
             )));
         }
         let mut buf = vec![0u8; ps as usize];
-        self.file
-            .read_exact_at(&mut buf, id * ps)
-            .map_err(|e| self.io(e))?;
+        self.read_exact(&mut buf, id * ps)?;
         let h = PageHeader::parse(&buf).ok_or_else(|| fmt(format!("page {id}: truncated")))?;
         h.fast_check(id)
             .map_err(|e| fmt(format!("page {id}: {e}")))?;
@@ -504,12 +566,20 @@ impl BoltFile {
         if pages > 1 {
             let total = (pages * ps) as usize;
             buf.resize(total, 0);
-            self.file
-                .read_exact_at(&mut buf[ps as usize..], (id + 1) * ps)
-                .map_err(|e| self.io(e))?;
+            self.read_exact(&mut buf[ps as usize..], (id + 1) * ps)?;
         }
-        debug_assert!((id + pages) * ps <= self.db_len);
         Ok(buf)
+    }
+
+    fn read_exact(&self, buf: &mut [u8], off: u64) -> Result<(), SnapshotError> {
+        match fill(&self.file, buf, off) {
+            Ok(n) if n == buf.len() => Ok(()),
+            Ok(_) => Err(SnapshotError::Format(format!(
+                "{}: the file ends inside the page at byte {off}",
+                self.path
+            ))),
+            Err(e) => Err(self.io(e)),
+        }
     }
 
     /// The top-level buckets, in key order. Every element of the root bucket must be a bucket.
@@ -624,22 +694,6 @@ impl BoltFile {
             next = Some(e.child);
         }
     }
-}
-
-/// Up to `len` bytes at `off`; fewer at the end of the file.
-fn read_up_to(file: &File, off: u64, len: usize) -> std::io::Result<Vec<u8>> {
-    let mut buf = vec![0u8; len];
-    let mut got = 0;
-    while got < len {
-        match file.read_at(&mut buf[got..], off + got as u64) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    buf.truncate(got);
-    Ok(buf)
 }
 
 #[cfg(test)]

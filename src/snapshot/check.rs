@@ -91,8 +91,9 @@ pub fn check(meta: &Meta, freelist: &Freelist, nodes: &Summaries, reload: Reload
     c.reachable.set(1);
     if meta.freelist != super::bolt::NO_FREELIST {
         let overflow = nodes.get(meta.freelist).map_or(0, NodeSummary::overflow);
-        for i in 0..=u64::from(overflow) {
-            c.reachable.set(meta.freelist.saturating_add(i));
+        let last = meta.freelist.saturating_add(u64::from(overflow));
+        for id in meta.freelist..=last.min(pgid.saturating_sub(1)) {
+            c.reachable.set(id);
         }
     }
     c.check_bucket(meta.root, 0);
@@ -168,8 +169,10 @@ impl<'a> Checker<'a> {
                 continue;
             };
             let revisit = self.reachable.get(id);
-            for i in 0..=u64::from(node.overflow()) {
-                let pid = id.saturating_add(i);
+            let last = id
+                .saturating_add(u64::from(node.overflow()))
+                .min(self.pgid - 1);
+            for pid in id..=last {
                 if self.reachable.set(pid) {
                     self.errors.push(format!(
                         "page {pid}: multiple references (stack: {})",

@@ -9,7 +9,6 @@
 //! error exactly.
 
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::Arc;
@@ -17,8 +16,8 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 
 use super::bolt::{
-    discover_page_size, freelist_ids, node_pages, select_meta, validate_meta, Meta, PageHeader,
-    FLAG_FREELIST, MAX_PAGE_SIZE, MIN_PAGE_SIZE, NO_FREELIST,
+    discover_page_size, fill, freelist_ids, node_pages, read_up_to, select_meta, validate_meta,
+    Meta, PageHeader, ReadAt, FLAG_FREELIST, MAX_PAGE_SIZE, MIN_PAGE_SIZE, NO_FREELIST,
 };
 use super::check::{check, Freelist};
 use super::summary::{summarize_node, NodeSummary, Summaries};
@@ -30,28 +29,6 @@ pub const CHUNK_BYTES: usize = 4 << 20;
 const BUFFERS: usize = 4;
 /// Largest total size of multi-page nodes being assembled across chunks at once.
 pub const MAX_PENDING_BYTES: u64 = 256 << 20;
-
-/// Something to read a snapshot from at given offsets: a file, or bytes in memory (tests, fuzzing).
-pub trait ReadAt: Sync {
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize>;
-}
-
-impl ReadAt for File {
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
-        FileExt::read_at(self, buf, offset)
-    }
-}
-
-impl ReadAt for [u8] {
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
-        let start = usize::try_from(offset)
-            .unwrap_or(usize::MAX)
-            .min(self.len());
-        let n = buf.len().min(self.len() - start);
-        buf[..n].copy_from_slice(&self[start..start + n]);
-        Ok(n)
-    }
-}
 
 /// Read `path` once, sequentially, and report on it.
 pub fn inspect_file(path: &Path) -> Result<Report, SnapshotError> {
@@ -78,27 +55,6 @@ fn advise_sequential(file: &File) {
     unsafe {
         libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_SEQUENTIAL);
     }
-}
-
-/// Up to `len` bytes at `off` (fewer at the end).
-fn read_up_to<R: ReadAt + ?Sized>(src: &R, off: u64, len: usize) -> std::io::Result<Vec<u8>> {
-    let mut buf = vec![0u8; len];
-    let n = fill(src, &mut buf, off)?;
-    buf.truncate(n);
-    Ok(buf)
-}
-
-fn fill<R: ReadAt + ?Sized>(src: &R, buf: &mut [u8], off: u64) -> std::io::Result<usize> {
-    let mut got = 0;
-    while got < buf.len() {
-        match src.read_at(&mut buf[got..], off + got as u64) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(got)
 }
 
 /// The whole pass over a source of `file_len` bytes.
