@@ -462,6 +462,9 @@ pub fn fill<R: ReadAt + ?Sized>(src: &R, buf: &mut [u8], off: u64) -> std::io::R
     Ok(got)
 }
 
+/// What a bucket walk calls for each element: `(key, value, is_bucket)`.
+pub type Visit<'a> = dyn FnMut(&[u8], &[u8], bool) -> Result<(), SnapshotError> + 'a;
+
 /// A top-level bucket of the root bucket.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BucketInfo {
@@ -625,7 +628,7 @@ impl<R: ReadAt> BoltFile<R> {
         &self,
         root: u64,
         inline: Option<(&[u8], &[u8])>,
-        f: &mut dyn FnMut(&[u8], &[u8], bool) -> Result<(), SnapshotError>,
+        f: &mut Visit,
     ) -> Result<(), SnapshotError> {
         let mut last_key: Option<Vec<u8>> = None;
         let mut emit = |at: NodeAt, node: &[u8]| -> Result<(), SnapshotError> {

@@ -136,7 +136,7 @@ impl<'a> Checker<'a> {
         let _ = super::summary::leaves_in_order(self.nodes, root, |id, leaf| {
             for b in &leaf.buckets {
                 match &b.value {
-                    Ok((r, _, _)) => subs.push(*r),
+                    Ok(bucket) => subs.push(bucket.root),
                     Err(e) => self.errors.push(format!(
                         "page {id}: bucket {:?}: {e}",
                         String::from_utf8_lossy(&b.name)

