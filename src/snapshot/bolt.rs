@@ -212,6 +212,12 @@ impl PageHeader {
         page_type_name(self.flags)
     }
 
+    /// bbolt's `fastCheck` as a predicate (no message): cheap enough for every page of a scan.
+    pub fn passes_fast_check(&self, expected_id: u64) -> bool {
+        self.id == expected_id
+            && matches!(self.flags, FLAG_BRANCH | FLAG_LEAF | FLAG_META | FLAG_FREELIST)
+    }
+
     /// bbolt's `fastCheck`: the id matches the position and exactly one type flag is set. The error
     /// text is bbolt's assertion message.
     pub fn fast_check(&self, expected_id: u64) -> Result<(), String> {

@@ -288,7 +288,7 @@ impl PageParser {
                 continue;
             };
             let is_freelist = id == self.meta.freelist;
-            if !is_freelist && h.fast_check(id).is_err() {
+            if !is_freelist && !h.passes_fast_check(id) {
                 continue;
             }
             let pages = match node_pages(&PageHeader { id, ..h }, self.meta.pgid) {

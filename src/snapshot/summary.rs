@@ -140,7 +140,9 @@ impl Summaries {
 /// its header fails bbolt's fast check (wrong id or not exactly one type flag).
 pub fn summarize_node(node: &[u8], id: u64) -> Option<NodeSummary> {
     let h = PageHeader::parse(node)?;
-    h.fast_check(id).ok()?;
+    if !h.passes_fast_check(id) {
+        return None;
+    }
     let invalid = |reason| NodeSummary::Invalid {
         overflow: h.overflow,
         reason,
