@@ -215,7 +215,10 @@ impl PageHeader {
     /// bbolt's `fastCheck` as a predicate (no message): cheap enough for every page of a scan.
     pub fn passes_fast_check(&self, expected_id: u64) -> bool {
         self.id == expected_id
-            && matches!(self.flags, FLAG_BRANCH | FLAG_LEAF | FLAG_META | FLAG_FREELIST)
+            && matches!(
+                self.flags,
+                FLAG_BRANCH | FLAG_LEAF | FLAG_META | FLAG_FREELIST
+            )
     }
 
     /// bbolt's `fastCheck`: the id matches the position and exactly one type flag is set. The error

@@ -63,6 +63,17 @@ pub fn scan<R: ReadAt + ?Sized>(
     file_len: u64,
     name: &str,
 ) -> Result<Report, SnapshotError> {
+    scan_in_chunks(src, file_len, name, CHUNK_BYTES)
+}
+
+/// [`scan`] reading `chunk_bytes` at a time (rounded to whole pages); tests use tiny chunks so that
+/// nodes straddle chunk boundaries.
+pub fn scan_in_chunks<R: ReadAt + ?Sized>(
+    src: &R,
+    file_len: u64,
+    name: &str,
+    chunk_bytes: usize,
+) -> Result<Report, SnapshotError> {
     let io = |source| SnapshotError::Io {
         path: name.to_string(),
         source,
@@ -88,7 +99,8 @@ pub fn scan<R: ReadAt + ?Sized>(
         let (chunk_tx, chunk_rx) = sync_channel::<(Arc<Vec<u8>>, usize)>(BUFFERS);
         let (back_tx, back_rx) = sync_channel::<Arc<Vec<u8>>>(BUFFERS);
         let hasher = scope.spawn(move || hash_chunks(chunk_rx, back_tx, db_len));
-        let parsed = read_and_parse(src, file_len, &meta, chunk_tx, back_rx).map_err(|e| match e {
+        let parsed = read_and_parse(src, file_len, &meta, chunk_bytes, chunk_tx, back_rx);
+        let parsed = parsed.map_err(|e| match e {
             ReadError::Io(e) => io(e),
             ReadError::Format(m) => SnapshotError::Format(m),
         });
@@ -191,11 +203,12 @@ fn read_and_parse<R: ReadAt + ?Sized>(
     src: &R,
     file_len: u64,
     meta: &Meta,
+    chunk_bytes: usize,
     to_hasher: SyncSender<(Arc<Vec<u8>>, usize)>,
     recycled: Receiver<Arc<Vec<u8>>>,
 ) -> Result<(Summaries, Freelist), ReadError> {
     let ps = meta.page_size as usize;
-    let chunk = (CHUNK_BYTES / ps).max(1) * ps;
+    let chunk = (chunk_bytes / ps).max(1) * ps;
     let chunk = chunk.min((file_len as usize).div_ceil(ps).max(1) * ps);
     let mut parser = PageParser::new(meta);
     let mut allocated = 0;
@@ -354,5 +367,48 @@ impl PageParser {
             })
         };
         (self.nodes, freelist)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(name: &str) -> Vec<u8> {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(name);
+        std::fs::read(p).unwrap()
+    }
+
+    /// Multi-page nodes assembled across chunk boundaries give the same report as whole-file chunks.
+    #[test]
+    fn chunk_size_does_not_change_the_report() {
+        for name in ["snap-v3530.db", "raw-v3423.db", "corrupted_backup.db"] {
+            let bytes = fixture(name);
+            let len = bytes.len() as u64;
+            let whole = scan(&bytes[..], len, name).unwrap();
+            for chunk in [1, 4096, 3 * 4096, 5 * 4096] {
+                let r = scan_in_chunks(&bytes[..], len, name, chunk).unwrap();
+                assert_eq!(r.status, whole.status, "{name} chunk {chunk}");
+                assert_eq!(
+                    r.integrity_errors, whole.integrity_errors,
+                    "{name} chunk {chunk}"
+                );
+                assert_eq!(r.db_sha256, whole.db_sha256);
+                assert_eq!(r.file_sha256, whole.file_sha256);
+                assert_eq!(r.trailer, whole.trailer);
+            }
+        }
+    }
+
+    #[test]
+    fn high_water_mark_past_the_file_is_a_format_error() {
+        let mut bytes = fixture("raw-v3423.db");
+        bytes.truncate(bytes.len() - 4096);
+        let e = inspect_bytes(&bytes).unwrap_err().to_string();
+        assert!(e.contains("runs past the end"), "{e}");
+        assert!(inspect_bytes(&[]).is_err());
+        assert!(inspect_bytes(&[0u8; 100]).is_err());
     }
 }
