@@ -271,6 +271,101 @@ mod tests {
         }
     }
 
+    fn rev(main: u64, tombstone: bool) -> Vec<u8> {
+        let mut k = main.to_be_bytes().to_vec();
+        k.push(b'_');
+        k.extend_from_slice(&0u64.to_be_bytes());
+        if tombstone {
+            k.push(b't');
+        }
+        k
+    }
+
+    fn kv(key: &[u8]) -> Vec<u8> {
+        let mut v = vec![0x0a, key.len() as u8];
+        v.extend_from_slice(key);
+        v
+    }
+
+    fn inline_bucket(elems: &[(u32, &[u8], &[u8])]) -> Vec<u8> {
+        let mut v = vec![0u8; 16];
+        v.extend(crate::snapshot::summary::tests::leaf_node(0, elems));
+        v
+    }
+
+    /// A 3-page database: metas, and a root leaf holding inline buckets `key` and `meta`.
+    fn tiny_db(key: &[(u32, &[u8], &[u8])], storage_version: &[u8]) -> Vec<u8> {
+        use crate::snapshot::bolt::{FLAG_META, NO_FREELIST};
+        let key_bucket = inline_bucket(key);
+        let meta_bucket = inline_bucket(&[(0, b"storageVersion", storage_version)]);
+        let root = crate::snapshot::summary::tests::leaf_node(
+            2,
+            &[(1, b"key", &key_bucket), (1, b"meta", &meta_bucket)],
+        );
+        let mut db = vec![0u8; 3 * 4096];
+        for id in 0..2u64 {
+            let m = Meta {
+                page_size: 4096,
+                flags: 0,
+                root: 2,
+                root_sequence: 0,
+                freelist: NO_FREELIST,
+                pgid: 3,
+                txid: 5 - id,
+            };
+            let p = id as usize * 4096;
+            db[p..p + 8].copy_from_slice(&id.to_le_bytes());
+            db[p + 8..p + 10].copy_from_slice(&FLAG_META.to_le_bytes());
+            db[p + 16..p + 80].copy_from_slice(&m.encode());
+        }
+        db[8192..8192 + root.len()].copy_from_slice(&root);
+        db
+    }
+
+    #[test]
+    fn v36_live_keys_follow_tombstones_in_revision_order() {
+        let (r1, r2, r3, r4) = (rev(2, false), rev(3, false), rev(4, true), rev(5, false));
+        let (a, b) = (kv(b"a"), kv(b"b"));
+        let db = tiny_db(
+            &[(0, &r1, &a), (0, &r2, &b), (0, &r3, &a), (0, &r4, &b)],
+            b"3.6.0",
+        );
+        let r = crate::snapshot::inspect_bytes(&db).unwrap();
+        assert_eq!(r.integrity_errors, Vec::<String>::new());
+        assert_eq!(r.status.live_keys, 1, "a was deleted, b put twice");
+        assert_eq!(r.status.total_key, 5, "4 in key + 1 in meta");
+        assert_eq!(r.status.revision, 5);
+        assert_eq!(r.status.version, "3.6.0");
+        assert_eq!(r.v36_problem, None);
+        let json = render(&r.status, WriteOut::Json, Compat::V36, TableStyle::Ascii);
+        assert!(
+            json.ends_with(",\"totalKey\":1,\"totalSize\":12288,\"version\":\"3.6.0\"}\n"),
+            "{json}"
+        );
+        let mut crc = crc32c::crc32c(b"key");
+        for (k, v) in [(&r1, &a), (&r2, &b), (&r3, &a), (&r4, &b)] {
+            crc = crc32c::crc32c_append(crc, k);
+            crc = crc32c::crc32c_append(crc, v);
+        }
+        crc = crc32c::crc32c_append(crc, b"metastorageVersion3.6.0");
+        assert_eq!(r.status.hash, crc);
+    }
+
+    #[test]
+    fn v36_problem_and_unparseable_version() {
+        let r1 = rev(2, false);
+        let db = tiny_db(&[(0, &r1, b"\x08")], b"3.6");
+        let r = crate::snapshot::inspect_bytes(&db).unwrap();
+        assert!(r.v36_problem.is_some());
+        assert_eq!(r.status.version, "");
+        assert_eq!(r.status.revision, 2);
+        let db = tiny_db(&[(0, b"short", b"")], b"3.6.0");
+        assert!(
+            crate::snapshot::inspect_bytes(&db).is_err(),
+            "etcdutl 3.5 panics on it"
+        );
+    }
+
     fn status() -> Status {
         Status {
             hash: 0x45d92457,
