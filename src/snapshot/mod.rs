@@ -10,11 +10,13 @@
 //! - `scan.rs`    the single sequential pass: sha256 on one thread, page summaries on the other,
 //!   and the trailer rule (spec §1.4)
 //! - `check.rs`   `tx.Check()` over the page summaries (spec §5.4)
+//! - `crc.rs`     CRC-32C combination in O(log n), for the status hash
 //! - `status.rs`  hash / revision / totalKey / totalSize (spec §2) and the etcdutl printers
 //! - `write.rs`  the compacting bbolt writer used by restore (spec §5.5)
 
 pub mod bolt;
 pub mod check;
+pub mod crc;
 pub mod mvcc;
 pub mod scan;
 pub mod status;

@@ -3,11 +3,12 @@
 //!
 //! The hash is CRC-32C over, for each top-level bucket in key order, the bucket name followed by
 //! `k v` of every element in key order. CRC-32C is linear, so it is assembled from per-leaf CRCs
-//! with `crc32c_combine` instead of re-reading the data in key order.
+//! with [`combine`] instead of re-reading the data in key order.
 
 use std::collections::HashSet;
 
 use super::bolt::{Meta, NodeAt};
+use super::crc::combine;
 use super::mvcc::{revision_main, semver_string};
 use super::summary::{leaves_in_order, summarize_leaf, LeafSummary, RevisionRecord, Summaries};
 use crate::cli::WriteOut;
@@ -56,7 +57,7 @@ pub fn compute(meta: &Meta, nodes: &Summaries) -> Result<(Status, Option<String>
             let bucket = b.value.as_ref().map_err(|e| {
                 format!("page {id}: bucket {:?}: {e}", String::from_utf8_lossy(name))
             })?;
-            t.hash = crc32c::crc32c_combine(t.hash, crc32c::crc32c(name), name.len());
+            t.hash = combine(t.hash, crc32c::crc32c(name), name.len() as u64);
             let is_key = name == b"key";
             let is_meta = name == b"meta";
             if let Some(page) = &bucket.inline {
@@ -95,7 +96,7 @@ struct Tally {
 
 impl Tally {
     fn leaf(&mut self, leaf: &LeafSummary, is_key: bool, is_meta: bool) -> Result<(), String> {
-        self.hash = crc32c::crc32c_combine(self.hash, leaf.crc, leaf.len as usize);
+        self.hash = combine(self.hash, leaf.crc, leaf.len);
         self.total_key += u64::from(leaf.count);
         if is_meta {
             if let Some(v) = &leaf.storage_version {
