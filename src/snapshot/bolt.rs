@@ -418,11 +418,26 @@ pub fn node_pages(h: &PageHeader, pgid: u64) -> Result<u64, String> {
 /// Something a database can be read from at given offsets: a file, or bytes in memory.
 pub trait ReadAt: Sync {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize>;
+
+    /// A hint that `[offset, offset + len)` will be read soon (a file starts reading it ahead).
+    fn prefetch(&self, _offset: u64, _len: u64) {}
 }
 
 impl ReadAt for File {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
         FileExt::read_at(self, buf, offset)
+    }
+
+    fn prefetch(&self, offset: u64, len: u64) {
+        use std::os::fd::AsRawFd;
+        let (Ok(off), Ok(len)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
+            return;
+        };
+        // SAFETY: posix_fadvise only reads its integer arguments; the fd is open for the call's
+        // duration. Advisory: the result is ignored.
+        unsafe {
+            libc::posix_fadvise(self.as_raw_fd(), off, len, libc::POSIX_FADV_WILLNEED);
+        }
     }
 }
 
@@ -446,6 +461,10 @@ impl ReadAt for Vec<u8> {
 impl<T: ReadAt + ?Sized + Send> ReadAt for &T {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
         (**self).read_at(buf, offset)
+    }
+
+    fn prefetch(&self, offset: u64, len: u64) {
+        (**self).prefetch(offset, len)
     }
 }
 

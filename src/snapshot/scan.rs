@@ -25,6 +25,8 @@ use super::{status, Report, SnapshotError, Status, Trailer};
 
 /// Bytes read per chunk (rounded to whole pages).
 pub const CHUNK_BYTES: usize = 4 << 20;
+/// Read-ahead window, in chunks, requested from the kernel ahead of the reader.
+const PREFETCH_CHUNKS: usize = 4;
 /// Chunk buffers in flight between the reader, the parser and the hasher.
 const BUFFERS: usize = 4;
 /// Largest total size of multi-page nodes being assembled across chunks at once.
@@ -230,6 +232,11 @@ fn read_and_parse<R: ReadAt + ?Sized>(
             },
         };
         let want = chunk.min((file_len - off) as usize);
+        if off % (PREFETCH_CHUNKS * chunk) as u64 == 0 {
+            // Keep the disk busy ahead of us: ask for the next window while this one is processed.
+            let window = (PREFETCH_CHUNKS * chunk) as u64;
+            src.prefetch(off + window, window);
+        }
         let n = fill(src, &mut buf[..want], off).map_err(ReadError::Io)?;
         if n < want {
             return Err(ReadError::Io(std::io::Error::new(
