@@ -191,15 +191,21 @@ fn mutate(base: &Base, kind: usize, rng: &mut Rng) -> Vec<u8> {
                 let e = p + PAGE_HEADER_SIZE + 16 * rng.below(count.max(1));
                 put_u64(&mut b, e + 8, target as u64);
             } else if let Ok(meta) = Meta::parse(&b) {
-                // every bucket value in the root leaf points at the root page
+                // one or every bucket value in the root leaf points at the root page
                 let p = meta.root as usize * ps;
                 if p + ps <= len {
                     let count = u16::from_le_bytes([b[p + 10], b[p + 11]]) as usize;
-                    let i = rng.below(count.max(1));
-                    let e = p + PAGE_HEADER_SIZE + 16 * i;
-                    let pos = u32::from_le_bytes(b[e + 4..e + 8].try_into().unwrap()) as usize;
-                    let ks = u32::from_le_bytes(b[e + 8..e + 12].try_into().unwrap()) as usize;
-                    put_u64(&mut b, e + pos + ks, meta.root);
+                    let all = rng.below(2) == 0;
+                    for i in 0..count {
+                        if all || i == count / 2 {
+                            let e = p + PAGE_HEADER_SIZE + 16 * i;
+                            let pos =
+                                u32::from_le_bytes(b[e + 4..e + 8].try_into().unwrap()) as usize;
+                            let ks =
+                                u32::from_le_bytes(b[e + 8..e + 12].try_into().unwrap()) as usize;
+                            put_u64(&mut b, e + pos + ks, meta.root);
+                        }
+                    }
                 }
             }
         }

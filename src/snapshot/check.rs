@@ -6,6 +6,8 @@
 //! that fails bbolt's fast check). Where bbolt itself would panic or loop forever (bad page header,
 //! a branch pointing at an ancestor) this reports one error and carries on.
 
+use std::collections::HashSet;
+
 use super::bolt::{leaf_element, page_type_name, Meta, NodeAt, PageHeader, MAX_DEPTH};
 use super::summary::{NodeSummary, Summaries};
 
@@ -59,6 +61,7 @@ struct Checker<'a> {
     reachable: Bits,
     freed: Bits,
     key_order_done: Bits,
+    buckets_checked: HashSet<u64>,
     errors: Vec<String>,
 }
 
@@ -114,6 +117,7 @@ impl<'a> Checker<'a> {
             reachable: Bits::new(pgid),
             freed: Bits::new(pgid),
             key_order_done: Bits::new(pgid),
+            buckets_checked: HashSet::new(),
             errors: Vec::new(),
         }
     }
@@ -124,6 +128,9 @@ impl<'a> Checker<'a> {
             return; // inline
         }
         self.for_each_page(root);
+        if !self.buckets_checked.insert(root) {
+            return; // a bucket that refers back to a checked bucket: bbolt would recurse forever
+        }
         let mut stack = Vec::new();
         self.key_order(root, None, None, &mut stack);
         if nesting >= MAX_DEPTH {
@@ -427,6 +434,25 @@ mod tests {
         let errs = run(p, Freelist::Ids(vec![6]), 2, 7);
         assert_eq!(errs[0], "page 4: multiple references (stack: [4 4])");
         assert!(errs.iter().all(|e| !e.contains("unreachable")), "{errs:?}");
+    }
+
+    #[test]
+    fn buckets_pointing_back_at_the_root_terminate() {
+        let b3 = bucket(3);
+        let elems: Vec<(u32, Vec<u8>, &[u8])> =
+            (0..40u8).map(|i| (1, vec![b'a' + i], &b3[..])).collect();
+        let elems: Vec<(u32, &[u8], &[u8])> =
+            elems.iter().map(|(f, k, v)| (*f, &k[..], *v)).collect();
+        let p = vec![(2, freelist_page(2)), (3, leaf_node(3, &elems))];
+        let errs = run(p, Freelist::Ids(vec![4, 5, 6]), 2, 7);
+        assert_eq!(
+            errs.len(),
+            40,
+            "one multiple-reference error per bucket: {errs:?}"
+        );
+        assert!(errs
+            .iter()
+            .all(|e| e == "page 3: multiple references (stack: [3])"));
     }
 
     #[test]
