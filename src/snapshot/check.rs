@@ -262,7 +262,7 @@ impl<'a> Checker<'a> {
                 }
             }
             Some(NodeSummary::Leaf(l)) => {
-                let last = l.last_key.as_deref();
+                let last = l.last_key();
                 let beyond_max = matches!((last, max), (Some(k), Some(m)) if k >= m);
                 let node = if !l.sorted || beyond_max {
                     (self.reload)(id)
@@ -278,7 +278,7 @@ impl<'a> Checker<'a> {
                         self.verify(id, "leaf", i, e.key, running_min.as_deref(), max, stack);
                         running_min = Some(e.key.to_vec());
                     }
-                } else if let Some(first) = l.first_key.as_deref() {
+                } else if let Some(first) = l.first_key() {
                     self.verify(id, "leaf", 0, first, min, max, stack);
                     if !l.sorted {
                         self.errors.push(format!(

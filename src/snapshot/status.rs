@@ -10,7 +10,7 @@ use std::collections::HashSet;
 use super::bolt::{Meta, NodeAt};
 use super::crc::combine;
 use super::mvcc::{revision_main, semver_string};
-use super::summary::{leaves_in_order, summarize_leaf, LeafSummary, RevisionRecord, Summaries};
+use super::summary::{leaves_in_order, summarize_leaf, LeafSummary, RevisionEvent, Summaries};
 use crate::cli::WriteOut;
 
 /// `etcdutl snapshot status` numbers (spec §2).
@@ -109,11 +109,7 @@ impl Tally {
         if leaf.short_key {
             return Err("bucket key: a key is shorter than the 8 bytes of a revision".into());
         }
-        self.revision = leaf
-            .last_key
-            .as_deref()
-            .and_then(revision_main)
-            .unwrap_or(0);
+        self.revision = leaf.last_key().and_then(revision_main).unwrap_or(0);
         let problem = "bucket key: an entry is not a revision key with a KeyValue value";
         match &leaf.revisions {
             None => {
@@ -121,14 +117,14 @@ impl Tally {
             }
             Some(records) => {
                 for r in records {
-                    match r {
-                        RevisionRecord::Put(k) => {
-                            self.live.insert(*k);
+                    match r.event() {
+                        RevisionEvent::Put(k) => {
+                            self.live.insert(k);
                         }
-                        RevisionRecord::Tombstone(k) => {
-                            self.live.remove(k);
+                        RevisionEvent::Tombstone(k) => {
+                            self.live.remove(&k);
                         }
-                        RevisionRecord::Bad => {
+                        RevisionEvent::Bad => {
                             self.v36_problem.get_or_insert_with(|| problem.into());
                         }
                     }
