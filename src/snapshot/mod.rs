@@ -4,7 +4,8 @@
 //! and returns everything there is to know about it — the `etcdutl snapshot status` numbers, the
 //! sha256 trailer verdict, and the bbolt integrity errors (bbolt `tx.Check()` wording).
 //!
-//! - `bolt.rs`    bbolt format primitives (meta, page header, elements) + a random-access cursor
+//! - `bolt.rs`    bbolt format primitives (meta, page header, elements, freelist)
+//! - `cursor.rs`  `BoltFile`: a pread reader walking buckets in key order (restore streams with it)
 //! - `summary.rs` compact per-node summaries made while the file streams past
 //! - `mvcc.rs`    etcd's meaning of revision keys, `KeyValue` values and `storageVersion`
 //! - `scan.rs`    the single sequential pass: sha256 on one thread, page summaries on the other,
@@ -17,6 +18,7 @@
 pub mod bolt;
 pub mod check;
 pub mod crc;
+pub mod cursor;
 pub mod mvcc;
 pub mod scan;
 pub mod status;
