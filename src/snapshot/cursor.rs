@@ -369,7 +369,9 @@ mod tests {
         file
     }
 
-    fn collect(file: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, SnapshotError> {
+    type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
+
+    fn collect(file: &[u8]) -> Result<Pairs, SnapshotError> {
         let db = BoltFile::from_reader(file, file.len() as u64, "t")?;
         assert_eq!(db.meta().txid, 10, "the meta with the higher txid");
         let buckets = db.buckets()?;
