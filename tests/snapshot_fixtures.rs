@@ -59,6 +59,33 @@ fn status_is_byte_identical_to_etcdutl() {
     );
 }
 
+/// etcd 3.6's totalKey (live keys). No 3.6 binary is available; the number is the live key count
+/// of the cluster: `snap-v3530.db` restored with etcdutl 3.5.30 and served by etcd 3.5.30 answers
+/// 300 keys to `etcdctl get "" --prefix --keys-only` (all fixtures saw the same writes).
+#[test]
+fn v36_total_key_counts_live_keys() {
+    for f in FIXTURES {
+        let r = inspect(&fixture(&format!("{f}.db"))).unwrap();
+        assert_eq!(r.status.live_keys, 300, "{f}");
+        assert_eq!(
+            r.status.version, "",
+            "{f}: 3.5 and older store no storageVersion"
+        );
+        assert_eq!(r.v36_problem, None, "{f}");
+        let simple = render(
+            &r.status,
+            WriteOut::Simple,
+            Compat::V36,
+            TableStyle::Unicode,
+        );
+        assert!(
+            simple.ends_with(", 300, ") || simple.contains(", 300, "),
+            "{simple}"
+        );
+        assert!(simple.ends_with(", \n"), "{simple:?}");
+    }
+}
+
 #[test]
 fn trailer_verdicts_and_hashes() {
     let saved = inspect(&fixture("snap-v3530.db")).unwrap();

@@ -1,18 +1,14 @@
-//! The bbolt on-disk format (spec §5), and a small random-access reader built on it.
+//! The bbolt on-disk format (spec §5): pure code over byte slices.
 //!
-//! The first half is pure code over byte slices: meta pages, page headers, leaf and branch elements,
-//! bucket values and inline bucket pages. Every size, count, offset and page id read from the file
-//! is checked before it is used; malformed input gives a one-line error saying what and where.
-//! The second half, [`BoltFile`], reads a database with `pread` (no mmap, so memory stays small
-//! whatever the file size) and walks buckets in key order — the cursor restore uses to stream
-//! buckets into the writer. `scan.rs` reads the same structures sequentially instead.
-
-use std::collections::HashSet;
-use std::fs::File;
-use std::os::unix::fs::FileExt;
-use std::path::Path;
+//! Meta pages, page headers, leaf and branch elements, bucket values, inline bucket pages and the
+//! freelist. Every size, count, offset and page id read from the file is checked before it is used;
+//! malformed input gives a one-line error saying what and where. The random-access reader built on
+//! these, [`BoltFile`], lives in `cursor.rs` and is re-exported here; `scan.rs` reads the same
+//! structures sequentially instead.
 
 use super::SnapshotError;
+
+pub use super::cursor::{fill, read_up_to, BoltFile, BucketInfo, ReadAt, Visit};
 
 pub const MAGIC: u32 = 0xED0C_DAED;
 pub const VERSION: u32 = 2;
@@ -212,6 +208,15 @@ impl PageHeader {
         page_type_name(self.flags)
     }
 
+    /// bbolt's `fastCheck` as a predicate (no message): cheap enough for every page of a scan.
+    pub fn passes_fast_check(&self, expected_id: u64) -> bool {
+        self.id == expected_id
+            && matches!(
+                self.flags,
+                FLAG_BRANCH | FLAG_LEAF | FLAG_META | FLAG_FREELIST
+            )
+    }
+
     /// bbolt's `fastCheck`: the id matches the position and exactly one type flag is set. The error
     /// text is bbolt's assertion message.
     pub fn fast_check(&self, expected_id: u64) -> Result<(), String> {
@@ -404,242 +409,6 @@ pub fn node_pages(h: &PageHeader, pgid: u64) -> Result<u64, String> {
             h.id, h.overflow
         )),
     }
-}
-
-/// A top-level bucket of the root bucket.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BucketInfo {
-    pub name: Vec<u8>,
-    pub sequence: u64,
-    /// Root page id, 0 for an inline bucket.
-    pub root: u64,
-    /// The inline page bytes when `root == 0`.
-    pub inline: Option<Vec<u8>>,
-}
-
-/// A bbolt database read with `pread`: bounded memory (one node per tree level), no mmap.
-pub struct BoltFile {
-    file: File,
-    path: String,
-    meta: Meta,
-    db_len: u64,
-}
-
-impl BoltFile {
-    /// Open `path`, discover the page size, select and validate the meta. A sha256 trailer, if any, is
-    /// ignored (bbolt ignores bytes past the high-water mark).
-    pub fn open(path: &Path) -> Result<BoltFile, SnapshotError> {
-        let name = path.display().to_string();
-        let file = File::open(path).map_err(|source| SnapshotError::Io {
-            path: name.clone(),
-            source,
-        })?;
-        Self::from_file(file, &name)
-    }
-
-    /// Like `open`, over an already open file; `name` is used in error messages.
-    pub fn from_file(file: File, name: &str) -> Result<BoltFile, SnapshotError> {
-        let io = |source| SnapshotError::Io {
-            path: name.to_string(),
-            source,
-        };
-        let db_len = file.metadata().map_err(io)?.len();
-        let read = |off: u64, len: usize| read_up_to(&file, off, len).map_err(io);
-        let page_size = discover_page_size(db_len, read)?;
-        if !(MIN_PAGE_SIZE..=MAX_PAGE_SIZE).contains(&page_size) {
-            return Err(SnapshotError::Format(format!(
-                "meta: page size {page_size} is out of range"
-            )));
-        }
-        let m0 = Meta::parse(&read(0, 4096)?);
-        let m1 = Meta::parse(&read(u64::from(page_size), 4096)?);
-        let meta = select_meta(m0, m1)?;
-        validate_meta(&meta, page_size, db_len)?;
-        Ok(BoltFile {
-            file,
-            path: name.to_string(),
-            meta,
-            db_len,
-        })
-    }
-
-    pub fn meta(&self) -> &Meta {
-        &self.meta
-    }
-
-    pub fn page_size(&self) -> u32 {
-        self.meta.page_size
-    }
-
-    /// `meta.pgid * pageSize`: what `snapshot status` calls the total size.
-    pub fn size(&self) -> u64 {
-        self.meta.pgid * u64::from(self.meta.page_size)
-    }
-
-    fn io(&self, source: std::io::Error) -> SnapshotError {
-        SnapshotError::Io {
-            path: self.path.clone(),
-            source,
-        }
-    }
-
-    /// The whole node (header page plus overflow pages) at page `id`, fast-checked.
-    pub fn read_node(&self, id: u64) -> Result<Vec<u8>, SnapshotError> {
-        let ps = u64::from(self.meta.page_size);
-        let fmt = SnapshotError::Format;
-        if id >= self.meta.pgid {
-            return Err(fmt(format!(
-                "page {id}: out of bounds: high-water mark {}",
-                self.meta.pgid
-            )));
-        }
-        let mut buf = vec![0u8; ps as usize];
-        self.file
-            .read_exact_at(&mut buf, id * ps)
-            .map_err(|e| self.io(e))?;
-        let h = PageHeader::parse(&buf).ok_or_else(|| fmt(format!("page {id}: truncated")))?;
-        h.fast_check(id)
-            .map_err(|e| fmt(format!("page {id}: {e}")))?;
-        let pages = node_pages(&h, self.meta.pgid).map_err(fmt)?;
-        if pages > 1 {
-            let total = (pages * ps) as usize;
-            buf.resize(total, 0);
-            self.file
-                .read_exact_at(&mut buf[ps as usize..], (id + 1) * ps)
-                .map_err(|e| self.io(e))?;
-        }
-        debug_assert!((id + pages) * ps <= self.db_len);
-        Ok(buf)
-    }
-
-    /// The top-level buckets, in key order. Every element of the root bucket must be a bucket.
-    pub fn buckets(&self) -> Result<Vec<BucketInfo>, SnapshotError> {
-        let mut out = Vec::new();
-        self.walk(self.meta.root, None, &mut |k, v, is_bucket| {
-            if !is_bucket {
-                return Err(SnapshotError::Format(format!(
-                    "root bucket: key {:?} is not a bucket",
-                    String::from_utf8_lossy(k)
-                )));
-            }
-            let b = BucketValue::parse(v).map_err(|e| {
-                SnapshotError::Format(format!("bucket {:?}: {e}", String::from_utf8_lossy(k)))
-            })?;
-            out.push(BucketInfo {
-                name: k.to_vec(),
-                sequence: b.sequence,
-                root: b.root,
-                inline: b.inline.map(<[u8]>::to_vec),
-            });
-            Ok(())
-        })?;
-        Ok(out)
-    }
-
-    /// Calls `f(key, value, is_bucket)` for every element of `bucket`, in key order, streaming one
-    /// node per tree level. For a nested bucket `value` is its raw bucket value. Keys are checked to
-    /// be strictly ascending, so a consumer may rely on the order.
-    pub fn for_each_in(
-        &self,
-        bucket: &BucketInfo,
-        mut f: impl FnMut(&[u8], &[u8], bool) -> Result<(), SnapshotError>,
-    ) -> Result<(), SnapshotError> {
-        self.walk(
-            bucket.root,
-            bucket.inline.as_deref().map(|p| (p, &bucket.name[..])),
-            &mut f,
-        )
-    }
-
-    fn walk(
-        &self,
-        root: u64,
-        inline: Option<(&[u8], &[u8])>,
-        f: &mut dyn FnMut(&[u8], &[u8], bool) -> Result<(), SnapshotError>,
-    ) -> Result<(), SnapshotError> {
-        let mut last_key: Option<Vec<u8>> = None;
-        let mut emit = |at: NodeAt, node: &[u8]| -> Result<(), SnapshotError> {
-            let count = PageHeader::parse(node).map_or(0, |h| h.count as usize);
-            for i in 0..count {
-                let e = leaf_element(node, i, at).map_err(SnapshotError::Format)?;
-                if let Some(prev) = &last_key {
-                    if prev.as_slice() >= e.key {
-                        return Err(SnapshotError::Format(format!(
-                            "{at}: element {i} key is not above the previous key"
-                        )));
-                    }
-                }
-                last_key = Some(e.key.to_vec());
-                f(e.key, e.value, e.is_bucket())?;
-            }
-            Ok(())
-        };
-        if let Some((page, name)) = inline {
-            return emit(NodeAt::Inline(name), page);
-        }
-        let mut visited = HashSet::new();
-        // Stack of (node bytes, page id, next child index) for branch nodes being walked.
-        let mut stack: Vec<(Vec<u8>, u64, usize)> = Vec::new();
-        let mut next = Some(root);
-        loop {
-            if let Some(id) = next.take() {
-                if !visited.insert(id) {
-                    return Err(SnapshotError::Format(format!(
-                        "page {id}: reached twice in one bucket (a loop in the tree)"
-                    )));
-                }
-                if stack.len() >= MAX_DEPTH {
-                    return Err(SnapshotError::Format(format!(
-                        "page {id}: tree deeper than {MAX_DEPTH} levels"
-                    )));
-                }
-                let node = self.read_node(id)?;
-                let h = PageHeader::parse(&node).unwrap_or(PageHeader {
-                    id,
-                    flags: 0,
-                    count: 0,
-                    overflow: 0,
-                });
-                match h.flags {
-                    FLAG_LEAF => emit(NodeAt::Page(id), &node)?,
-                    FLAG_BRANCH => stack.push((node, id, 0)),
-                    _ => {
-                        return Err(SnapshotError::Format(format!(
-                            "page {id}: invalid type: {} in a bucket tree",
-                            h.type_name()
-                        )))
-                    }
-                }
-            }
-            let Some((node, id, idx)) = stack.last_mut() else {
-                return Ok(());
-            };
-            let count = PageHeader::parse(node).map_or(0, |h| h.count as usize);
-            if *idx >= count {
-                stack.pop();
-                continue;
-            }
-            let e = branch_element(node, *idx, NodeAt::Page(*id)).map_err(SnapshotError::Format)?;
-            *idx += 1;
-            next = Some(e.child);
-        }
-    }
-}
-
-/// Up to `len` bytes at `off`; fewer at the end of the file.
-fn read_up_to(file: &File, off: u64, len: usize) -> std::io::Result<Vec<u8>> {
-    let mut buf = vec![0u8; len];
-    let mut got = 0;
-    while got < len {
-        match file.read_at(&mut buf[got..], off + got as u64) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    buf.truncate(got);
-    Ok(buf)
 }
 
 #[cfg(test)]

@@ -6,6 +6,8 @@
 //! that fails bbolt's fast check). Where bbolt itself would panic or loop forever (bad page header,
 //! a branch pointing at an ancestor) this reports one error and carries on.
 
+use std::collections::HashSet;
+
 use super::bolt::{leaf_element, page_type_name, Meta, NodeAt, PageHeader, MAX_DEPTH};
 use super::summary::{NodeSummary, Summaries};
 
@@ -59,6 +61,7 @@ struct Checker<'a> {
     reachable: Bits,
     freed: Bits,
     key_order_done: Bits,
+    buckets_checked: HashSet<u64>,
     errors: Vec<String>,
 }
 
@@ -91,8 +94,9 @@ pub fn check(meta: &Meta, freelist: &Freelist, nodes: &Summaries, reload: Reload
     c.reachable.set(1);
     if meta.freelist != super::bolt::NO_FREELIST {
         let overflow = nodes.get(meta.freelist).map_or(0, NodeSummary::overflow);
-        for i in 0..=u64::from(overflow) {
-            c.reachable.set(meta.freelist.saturating_add(i));
+        let last = meta.freelist.saturating_add(u64::from(overflow));
+        for id in meta.freelist..=last.min(pgid.saturating_sub(1)) {
+            c.reachable.set(id);
         }
     }
     c.check_bucket(meta.root, 0);
@@ -113,6 +117,7 @@ impl<'a> Checker<'a> {
             reachable: Bits::new(pgid),
             freed: Bits::new(pgid),
             key_order_done: Bits::new(pgid),
+            buckets_checked: HashSet::new(),
             errors: Vec::new(),
         }
     }
@@ -123,6 +128,9 @@ impl<'a> Checker<'a> {
             return; // inline
         }
         self.for_each_page(root);
+        if !self.buckets_checked.insert(root) {
+            return; // a bucket that refers back to a checked bucket: bbolt would recurse forever
+        }
         let mut stack = Vec::new();
         self.key_order(root, None, None, &mut stack);
         if nesting >= MAX_DEPTH {
@@ -135,7 +143,7 @@ impl<'a> Checker<'a> {
         let _ = super::summary::leaves_in_order(self.nodes, root, |id, leaf| {
             for b in &leaf.buckets {
                 match &b.value {
-                    Ok((r, _, _)) => subs.push(*r),
+                    Ok(bucket) => subs.push(bucket.root),
                     Err(e) => self.errors.push(format!(
                         "page {id}: bucket {:?}: {e}",
                         String::from_utf8_lossy(&b.name)
@@ -168,8 +176,10 @@ impl<'a> Checker<'a> {
                 continue;
             };
             let revisit = self.reachable.get(id);
-            for i in 0..=u64::from(node.overflow()) {
-                let pid = id.saturating_add(i);
+            let last = id
+                .saturating_add(u64::from(node.overflow()))
+                .min(self.pgid - 1);
+            for pid in id..=last {
                 if self.reachable.set(pid) {
                     self.errors.push(format!(
                         "page {pid}: multiple references (stack: {})",
@@ -252,7 +262,7 @@ impl<'a> Checker<'a> {
                 }
             }
             Some(NodeSummary::Leaf(l)) => {
-                let last = l.last_key.as_deref();
+                let last = l.last_key();
                 let beyond_max = matches!((last, max), (Some(k), Some(m)) if k >= m);
                 let node = if !l.sorted || beyond_max {
                     (self.reload)(id)
@@ -268,7 +278,7 @@ impl<'a> Checker<'a> {
                         self.verify(id, "leaf", i, e.key, running_min.as_deref(), max, stack);
                         running_min = Some(e.key.to_vec());
                     }
-                } else if let Some(first) = l.first_key.as_deref() {
+                } else if let Some(first) = l.first_key() {
                     self.verify(id, "leaf", 0, first, min, max, stack);
                     if !l.sorted {
                         self.errors.push(format!(
@@ -424,6 +434,25 @@ mod tests {
         let errs = run(p, Freelist::Ids(vec![6]), 2, 7);
         assert_eq!(errs[0], "page 4: multiple references (stack: [4 4])");
         assert!(errs.iter().all(|e| !e.contains("unreachable")), "{errs:?}");
+    }
+
+    #[test]
+    fn buckets_pointing_back_at_the_root_terminate() {
+        let b3 = bucket(3);
+        let elems: Vec<(u32, Vec<u8>, &[u8])> =
+            (0..40u8).map(|i| (1, vec![b'a' + i], &b3[..])).collect();
+        let elems: Vec<(u32, &[u8], &[u8])> =
+            elems.iter().map(|(f, k, v)| (*f, &k[..], *v)).collect();
+        let p = vec![(2, freelist_page(2)), (3, leaf_node(3, &elems))];
+        let errs = run(p, Freelist::Ids(vec![4, 5, 6]), 2, 7);
+        assert_eq!(
+            errs.len(),
+            40,
+            "one multiple-reference error per bucket: {errs:?}"
+        );
+        assert!(errs
+            .iter()
+            .all(|e| e == "page 3: multiple references (stack: [3])"));
     }
 
     #[test]

@@ -4,17 +4,21 @@
 //! and returns everything there is to know about it — the `etcdutl snapshot status` numbers, the
 //! sha256 trailer verdict, and the bbolt integrity errors (bbolt `tx.Check()` wording).
 //!
-//! - `bolt.rs`    bbolt format primitives (meta, page header, elements) + a random-access cursor
+//! - `bolt.rs`    bbolt format primitives (meta, page header, elements, freelist)
+//! - `cursor.rs`  `BoltFile`: a pread reader walking buckets in key order (restore streams with it)
 //! - `summary.rs` compact per-node summaries made while the file streams past
 //! - `mvcc.rs`    etcd's meaning of revision keys, `KeyValue` values and `storageVersion`
 //! - `scan.rs`    the single sequential pass: sha256 on one thread, page summaries on the other,
 //!   and the trailer rule (spec §1.4)
 //! - `check.rs`   `tx.Check()` over the page summaries (spec §5.4)
+//! - `crc.rs`     CRC-32C combination in O(log n), for the status hash
 //! - `status.rs`  hash / revision / totalKey / totalSize (spec §2) and the etcdutl printers
 //! - `write.rs`  the compacting bbolt writer used by restore (spec §5.5)
 
 pub mod bolt;
 pub mod check;
+pub mod crc;
+pub mod cursor;
 pub mod mvcc;
 pub mod scan;
 pub mod status;

@@ -9,7 +9,6 @@
 //! error exactly.
 
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::Arc;
@@ -17,8 +16,8 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 
 use super::bolt::{
-    discover_page_size, freelist_ids, node_pages, select_meta, validate_meta, Meta, PageHeader,
-    FLAG_FREELIST, MAX_PAGE_SIZE, MIN_PAGE_SIZE, NO_FREELIST,
+    discover_page_size, fill, freelist_ids, node_pages, read_up_to, select_meta, validate_meta,
+    Meta, PageHeader, ReadAt, FLAG_FREELIST, MAX_PAGE_SIZE, MIN_PAGE_SIZE, NO_FREELIST,
 };
 use super::check::{check, Freelist};
 use super::summary::{summarize_node, NodeSummary, Summaries};
@@ -26,32 +25,12 @@ use super::{status, Report, SnapshotError, Status, Trailer};
 
 /// Bytes read per chunk (rounded to whole pages).
 pub const CHUNK_BYTES: usize = 4 << 20;
+/// Read-ahead window, in chunks, requested from the kernel ahead of the reader.
+const PREFETCH_CHUNKS: usize = 4;
 /// Chunk buffers in flight between the reader, the parser and the hasher.
 const BUFFERS: usize = 4;
 /// Largest total size of multi-page nodes being assembled across chunks at once.
 pub const MAX_PENDING_BYTES: u64 = 256 << 20;
-
-/// Something to read a snapshot from at given offsets: a file, or bytes in memory (tests, fuzzing).
-pub trait ReadAt: Sync {
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize>;
-}
-
-impl ReadAt for File {
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
-        FileExt::read_at(self, buf, offset)
-    }
-}
-
-impl ReadAt for [u8] {
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
-        let start = usize::try_from(offset)
-            .unwrap_or(usize::MAX)
-            .min(self.len());
-        let n = buf.len().min(self.len() - start);
-        buf[..n].copy_from_slice(&self[start..start + n]);
-        Ok(n)
-    }
-}
 
 /// Read `path` once, sequentially, and report on it.
 pub fn inspect_file(path: &Path) -> Result<Report, SnapshotError> {
@@ -80,32 +59,22 @@ fn advise_sequential(file: &File) {
     }
 }
 
-/// Up to `len` bytes at `off` (fewer at the end).
-fn read_up_to<R: ReadAt + ?Sized>(src: &R, off: u64, len: usize) -> std::io::Result<Vec<u8>> {
-    let mut buf = vec![0u8; len];
-    let n = fill(src, &mut buf, off)?;
-    buf.truncate(n);
-    Ok(buf)
-}
-
-fn fill<R: ReadAt + ?Sized>(src: &R, buf: &mut [u8], off: u64) -> std::io::Result<usize> {
-    let mut got = 0;
-    while got < buf.len() {
-        match src.read_at(&mut buf[got..], off + got as u64) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(got)
-}
-
 /// The whole pass over a source of `file_len` bytes.
 pub fn scan<R: ReadAt + ?Sized>(
     src: &R,
     file_len: u64,
     name: &str,
+) -> Result<Report, SnapshotError> {
+    scan_in_chunks(src, file_len, name, CHUNK_BYTES)
+}
+
+/// [`scan`] reading `chunk_bytes` at a time (rounded to whole pages); tests use tiny chunks so that
+/// nodes straddle chunk boundaries.
+pub fn scan_in_chunks<R: ReadAt + ?Sized>(
+    src: &R,
+    file_len: u64,
+    name: &str,
+    chunk_bytes: usize,
 ) -> Result<Report, SnapshotError> {
     let io = |source| SnapshotError::Io {
         path: name.to_string(),
@@ -132,7 +101,8 @@ pub fn scan<R: ReadAt + ?Sized>(
         let (chunk_tx, chunk_rx) = sync_channel::<(Arc<Vec<u8>>, usize)>(BUFFERS);
         let (back_tx, back_rx) = sync_channel::<Arc<Vec<u8>>>(BUFFERS);
         let hasher = scope.spawn(move || hash_chunks(chunk_rx, back_tx, db_len));
-        let parsed = read_and_parse(src, file_len, &meta, chunk_tx, back_rx).map_err(|e| match e {
+        let parsed = read_and_parse(src, file_len, &meta, chunk_bytes, chunk_tx, back_rx);
+        let parsed = parsed.map_err(|e| match e {
             ReadError::Io(e) => io(e),
             ReadError::Format(m) => SnapshotError::Format(m),
         });
@@ -235,11 +205,12 @@ fn read_and_parse<R: ReadAt + ?Sized>(
     src: &R,
     file_len: u64,
     meta: &Meta,
+    chunk_bytes: usize,
     to_hasher: SyncSender<(Arc<Vec<u8>>, usize)>,
     recycled: Receiver<Arc<Vec<u8>>>,
 ) -> Result<(Summaries, Freelist), ReadError> {
     let ps = meta.page_size as usize;
-    let chunk = (CHUNK_BYTES / ps).max(1) * ps;
+    let chunk = (chunk_bytes / ps).max(1) * ps;
     let chunk = chunk.min((file_len as usize).div_ceil(ps).max(1) * ps);
     let mut parser = PageParser::new(meta);
     let mut allocated = 0;
@@ -261,6 +232,11 @@ fn read_and_parse<R: ReadAt + ?Sized>(
             },
         };
         let want = chunk.min((file_len - off) as usize);
+        if off % (PREFETCH_CHUNKS * chunk) as u64 == 0 {
+            // Keep the disk busy ahead of us: ask for the next window while this one is processed.
+            let window = (PREFETCH_CHUNKS * chunk) as u64;
+            src.prefetch(off + window, window);
+        }
         let n = fill(src, &mut buf[..want], off).map_err(ReadError::Io)?;
         if n < want {
             return Err(ReadError::Io(std::io::Error::new(
@@ -332,7 +308,7 @@ impl PageParser {
                 continue;
             };
             let is_freelist = id == self.meta.freelist;
-            if !is_freelist && h.fast_check(id).is_err() {
+            if !is_freelist && !h.passes_fast_check(id) {
                 continue;
             }
             let pages = match node_pages(&PageHeader { id, ..h }, self.meta.pgid) {
@@ -398,5 +374,48 @@ impl PageParser {
             })
         };
         (self.nodes, freelist)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(name: &str) -> Vec<u8> {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(name);
+        std::fs::read(p).unwrap()
+    }
+
+    /// Multi-page nodes assembled across chunk boundaries give the same report as whole-file chunks.
+    #[test]
+    fn chunk_size_does_not_change_the_report() {
+        for name in ["snap-v3530.db", "raw-v3423.db", "corrupted_backup.db"] {
+            let bytes = fixture(name);
+            let len = bytes.len() as u64;
+            let whole = scan(&bytes[..], len, name).unwrap();
+            for chunk in [1, 4096, 3 * 4096, 5 * 4096] {
+                let r = scan_in_chunks(&bytes[..], len, name, chunk).unwrap();
+                assert_eq!(r.status, whole.status, "{name} chunk {chunk}");
+                assert_eq!(
+                    r.integrity_errors, whole.integrity_errors,
+                    "{name} chunk {chunk}"
+                );
+                assert_eq!(r.db_sha256, whole.db_sha256);
+                assert_eq!(r.file_sha256, whole.file_sha256);
+                assert_eq!(r.trailer, whole.trailer);
+            }
+        }
+    }
+
+    #[test]
+    fn high_water_mark_past_the_file_is_a_format_error() {
+        let mut bytes = fixture("raw-v3423.db");
+        bytes.truncate(bytes.len() - 4096);
+        let e = inspect_bytes(&bytes).unwrap_err().to_string();
+        assert!(e.contains("runs past the end"), "{e}");
+        assert!(inspect_bytes(&[]).is_err());
+        assert!(inspect_bytes(&[0u8; 100]).is_err());
     }
 }

@@ -3,13 +3,14 @@
 //!
 //! The hash is CRC-32C over, for each top-level bucket in key order, the bucket name followed by
 //! `k v` of every element in key order. CRC-32C is linear, so it is assembled from per-leaf CRCs
-//! with `crc32c_combine` instead of re-reading the data in key order.
+//! with [`combine`] instead of re-reading the data in key order.
 
 use std::collections::HashSet;
 
 use super::bolt::{Meta, NodeAt};
+use super::crc::combine;
 use super::mvcc::{revision_main, semver_string};
-use super::summary::{leaves_in_order, summarize_leaf, LeafSummary, RevisionRecord, Summaries};
+use super::summary::{leaves_in_order, summarize_leaf, LeafSummary, RevisionEvent, Summaries};
 use crate::cli::WriteOut;
 
 /// `etcdutl snapshot status` numbers (spec §2).
@@ -53,17 +54,17 @@ pub fn compute(meta: &Meta, nodes: &Summaries) -> Result<(Status, Option<String>
         }
         for b in &root_leaf.buckets {
             let name = &b.name[..];
-            let (root, _, inline) = b.value.as_ref().map_err(|e| {
+            let bucket = b.value.as_ref().map_err(|e| {
                 format!("page {id}: bucket {:?}: {e}", String::from_utf8_lossy(name))
             })?;
-            t.hash = crc32c::crc32c_combine(t.hash, crc32c::crc32c(name), name.len());
+            t.hash = combine(t.hash, crc32c::crc32c(name), name.len() as u64);
             let is_key = name == b"key";
             let is_meta = name == b"meta";
-            if let Some(page) = inline {
+            if let Some(page) = &bucket.inline {
                 let leaf = summarize_leaf(page, NodeAt::Inline(name))?;
                 t.leaf(&leaf, is_key, is_meta)?;
             } else {
-                leaves_in_order(nodes, *root, |_, leaf| t.leaf(leaf, is_key, is_meta))?;
+                leaves_in_order(nodes, bucket.root, |_, leaf| t.leaf(leaf, is_key, is_meta))?;
             }
         }
         Ok(())
@@ -95,7 +96,7 @@ struct Tally {
 
 impl Tally {
     fn leaf(&mut self, leaf: &LeafSummary, is_key: bool, is_meta: bool) -> Result<(), String> {
-        self.hash = crc32c::crc32c_combine(self.hash, leaf.crc, leaf.len as usize);
+        self.hash = combine(self.hash, leaf.crc, leaf.len);
         self.total_key += u64::from(leaf.count);
         if is_meta {
             if let Some(v) = &leaf.storage_version {
@@ -108,11 +109,7 @@ impl Tally {
         if leaf.short_key {
             return Err("bucket key: a key is shorter than the 8 bytes of a revision".into());
         }
-        self.revision = leaf
-            .last_key
-            .as_deref()
-            .and_then(revision_main)
-            .unwrap_or(0);
+        self.revision = leaf.last_key().and_then(revision_main).unwrap_or(0);
         let problem = "bucket key: an entry is not a revision key with a KeyValue value";
         match &leaf.revisions {
             None => {
@@ -120,14 +117,14 @@ impl Tally {
             }
             Some(records) => {
                 for r in records {
-                    match r {
-                        RevisionRecord::Put(k) => {
-                            self.live.insert(*k);
+                    match r.event() {
+                        RevisionEvent::Put(k) => {
+                            self.live.insert(k);
                         }
-                        RevisionRecord::Tombstone(k) => {
-                            self.live.remove(k);
+                        RevisionEvent::Tombstone(k) => {
+                            self.live.remove(&k);
                         }
-                        RevisionRecord::Bad => {
+                        RevisionEvent::Bad => {
                             self.v36_problem.get_or_insert_with(|| problem.into());
                         }
                     }
@@ -269,6 +266,101 @@ mod tests {
         for (n, want) in cases {
             assert_eq!(humanize_bytes(n), want, "{n}");
         }
+    }
+
+    fn rev(main: u64, tombstone: bool) -> Vec<u8> {
+        let mut k = main.to_be_bytes().to_vec();
+        k.push(b'_');
+        k.extend_from_slice(&0u64.to_be_bytes());
+        if tombstone {
+            k.push(b't');
+        }
+        k
+    }
+
+    fn kv(key: &[u8]) -> Vec<u8> {
+        let mut v = vec![0x0a, key.len() as u8];
+        v.extend_from_slice(key);
+        v
+    }
+
+    fn inline_bucket(elems: &[(u32, &[u8], &[u8])]) -> Vec<u8> {
+        let mut v = vec![0u8; 16];
+        v.extend(crate::snapshot::summary::tests::leaf_node(0, elems));
+        v
+    }
+
+    /// A 3-page database: metas, and a root leaf holding inline buckets `key` and `meta`.
+    fn tiny_db(key: &[(u32, &[u8], &[u8])], storage_version: &[u8]) -> Vec<u8> {
+        use crate::snapshot::bolt::{FLAG_META, NO_FREELIST};
+        let key_bucket = inline_bucket(key);
+        let meta_bucket = inline_bucket(&[(0, b"storageVersion", storage_version)]);
+        let root = crate::snapshot::summary::tests::leaf_node(
+            2,
+            &[(1, b"key", &key_bucket), (1, b"meta", &meta_bucket)],
+        );
+        let mut db = vec![0u8; 3 * 4096];
+        for id in 0..2u64 {
+            let m = Meta {
+                page_size: 4096,
+                flags: 0,
+                root: 2,
+                root_sequence: 0,
+                freelist: NO_FREELIST,
+                pgid: 3,
+                txid: 5 - id,
+            };
+            let p = id as usize * 4096;
+            db[p..p + 8].copy_from_slice(&id.to_le_bytes());
+            db[p + 8..p + 10].copy_from_slice(&FLAG_META.to_le_bytes());
+            db[p + 16..p + 80].copy_from_slice(&m.encode());
+        }
+        db[8192..8192 + root.len()].copy_from_slice(&root);
+        db
+    }
+
+    #[test]
+    fn v36_live_keys_follow_tombstones_in_revision_order() {
+        let (r1, r2, r3, r4) = (rev(2, false), rev(3, false), rev(4, true), rev(5, false));
+        let (a, b) = (kv(b"a"), kv(b"b"));
+        let db = tiny_db(
+            &[(0, &r1, &a), (0, &r2, &b), (0, &r3, &a), (0, &r4, &b)],
+            b"3.6.0",
+        );
+        let r = crate::snapshot::inspect_bytes(&db).unwrap();
+        assert_eq!(r.integrity_errors, Vec::<String>::new());
+        assert_eq!(r.status.live_keys, 1, "a was deleted, b put twice");
+        assert_eq!(r.status.total_key, 5, "4 in key + 1 in meta");
+        assert_eq!(r.status.revision, 5);
+        assert_eq!(r.status.version, "3.6.0");
+        assert_eq!(r.v36_problem, None);
+        let json = render(&r.status, WriteOut::Json, Compat::V36, TableStyle::Ascii);
+        assert!(
+            json.ends_with(",\"totalKey\":1,\"totalSize\":12288,\"version\":\"3.6.0\"}\n"),
+            "{json}"
+        );
+        let mut crc = crc32c::crc32c(b"key");
+        for (k, v) in [(&r1, &a), (&r2, &b), (&r3, &a), (&r4, &b)] {
+            crc = crc32c::crc32c_append(crc, k);
+            crc = crc32c::crc32c_append(crc, v);
+        }
+        crc = crc32c::crc32c_append(crc, b"metastorageVersion3.6.0");
+        assert_eq!(r.status.hash, crc);
+    }
+
+    #[test]
+    fn v36_problem_and_unparseable_version() {
+        let r1 = rev(2, false);
+        let db = tiny_db(&[(0, &r1, b"\x08")], b"3.6");
+        let r = crate::snapshot::inspect_bytes(&db).unwrap();
+        assert!(r.v36_problem.is_some());
+        assert_eq!(r.status.version, "");
+        assert_eq!(r.status.revision, 2);
+        let db = tiny_db(&[(0, b"short", b"")], b"3.6.0");
+        assert!(
+            crate::snapshot::inspect_bytes(&db).is_err(),
+            "etcdutl 3.5 panics on it"
+        );
     }
 
     fn status() -> Status {

@@ -21,17 +21,48 @@ use super::mvcc::{kv_user_key, parse_revision_key, RevisionKind};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BucketEntry {
     pub name: Box<[u8]>,
-    /// Root page (0 = inline), sequence, inline page — or why the value is not a bucket header.
-    pub value: Result<(u64, u64, Option<Box<[u8]>>), String>,
+    /// The bucket header, or why the value is not one.
+    pub value: Result<BucketRoot, String>,
 }
 
-/// One etcd 3.6 `key`-bucket record: the user key (as a 128-bit hash) and what happened to it.
+/// A bucket value: root page (0 = inline), sequence, and the inline page when inline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BucketRoot {
+    pub root: u64,
+    pub sequence: u64,
+    pub inline: Option<Box<[u8]>>,
+}
+
+/// What a `key`-bucket element does to its user key, for etcd 3.6's live-key count.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RevisionRecord {
+pub enum RevisionEvent {
     Put(u128),
     Tombstone(u128),
     /// The element would make etcdutl 3.6 fail (bad revision key or value).
     Bad,
+}
+
+/// A [`RevisionEvent`] packed in 16 bytes: a 126-bit hash of the user key and a 2-bit kind.
+/// Collisions between distinct keys are out of reach for any database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RevisionRecord([u64; 2]);
+
+impl RevisionRecord {
+    const PUT: u64 = 1;
+    const TOMBSTONE: u64 = 2;
+
+    fn new(kind: u64, key_hash: u128) -> RevisionRecord {
+        RevisionRecord([(key_hash >> 64) as u64, (key_hash as u64 & !3) | kind])
+    }
+
+    pub fn event(&self) -> RevisionEvent {
+        let key = (u128::from(self.0[0]) << 64) | u128::from(self.0[1] & !3);
+        match self.0[1] & 3 {
+            Self::PUT => RevisionEvent::Put(key),
+            Self::TOMBSTONE => RevisionEvent::Tombstone(key),
+            _ => RevisionEvent::Bad,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -41,8 +72,9 @@ pub struct LeafSummary {
     /// CRC-32C of `k1 v1 k2 v2 …` (a sub-bucket contributes only its key).
     pub crc: u32,
     pub len: u64,
-    pub first_key: Option<Box<[u8]>>,
-    pub last_key: Option<Box<[u8]>>,
+    /// First key then last key, one allocation (see [`LeafSummary::first_key`]).
+    edge_keys: Box<[u8]>,
+    first_key_len: u32,
     /// Keys strictly ascend inside the leaf.
     pub sorted: bool,
     /// Some key is shorter than 8 bytes (not a revision; etcdutl 3.5 would panic in bucket `key`).
@@ -52,6 +84,18 @@ pub struct LeafSummary {
     pub revisions: Option<Vec<RevisionRecord>>,
     /// Value of a `storageVersion` key, if the leaf has one.
     pub storage_version: Option<Box<[u8]>>,
+}
+
+impl LeafSummary {
+    /// The smallest key by position (the first element), `None` for an empty leaf.
+    pub fn first_key(&self) -> Option<&[u8]> {
+        (self.count > 0).then(|| &self.edge_keys[..self.first_key_len as usize])
+    }
+
+    /// The last element's key, `None` for an empty leaf.
+    pub fn last_key(&self) -> Option<&[u8]> {
+        (self.count > 0).then(|| &self.edge_keys[self.first_key_len as usize..])
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -132,7 +176,9 @@ impl Summaries {
 /// its header fails bbolt's fast check (wrong id or not exactly one type flag).
 pub fn summarize_node(node: &[u8], id: u64) -> Option<NodeSummary> {
     let h = PageHeader::parse(node)?;
-    h.fast_check(id).ok()?;
+    if !h.passes_fast_check(id) {
+        return None;
+    }
     let invalid = |reason| NodeSummary::Invalid {
         overflow: h.overflow,
         reason,
@@ -202,8 +248,11 @@ pub fn summarize_leaf(node: &[u8], at: NodeAt) -> Result<LeafSummary, String> {
         if e.is_bucket() {
             s.buckets.push(BucketEntry {
                 name: e.key.into(),
-                value: BucketValue::parse(e.value)
-                    .map(|b| (b.root, b.sequence, b.inline.map(Into::into))),
+                value: BucketValue::parse(e.value).map(|b| BucketRoot {
+                    root: b.root,
+                    sequence: b.sequence,
+                    inline: b.inline.map(Into::into),
+                }),
             });
         } else {
             crc = crc32c::crc32c_append(crc, e.value);
@@ -217,21 +266,24 @@ pub fn summarize_leaf(node: &[u8], at: NodeAt) -> Result<LeafSummary, String> {
         }
     }
     s.crc = crc;
-    if count > 0 {
-        s.first_key = Some(leaf_element(node, 0, at)?.key.into());
-        s.last_key = prev.map(Into::into);
+    if let Some(last) = prev {
+        let first = leaf_element(node, 0, at)?.key;
+        s.first_key_len = u32::try_from(first.len()).map_err(|_| format!("{at}: key too long"))?;
+        s.edge_keys = [first, last].concat().into();
     }
     Ok(s)
 }
 
 fn revision_record(key: &[u8], value: &[u8], is_bucket: bool) -> RevisionRecord {
     if is_bucket {
-        return RevisionRecord::Bad;
+        return RevisionRecord::new(0, 0);
     }
     match (parse_revision_key(key), kv_user_key(value)) {
-        (Ok(RevisionKind::Put), Ok(k)) => RevisionRecord::Put(key_hash(k)),
-        (Ok(RevisionKind::Tombstone), Ok(k)) => RevisionRecord::Tombstone(key_hash(k)),
-        _ => RevisionRecord::Bad,
+        (Ok(RevisionKind::Put), Ok(k)) => RevisionRecord::new(RevisionRecord::PUT, key_hash(k)),
+        (Ok(RevisionKind::Tombstone), Ok(k)) => {
+            RevisionRecord::new(RevisionRecord::TOMBSTONE, key_hash(k))
+        }
+        _ => RevisionRecord::new(0, 0),
     }
 }
 
@@ -321,9 +373,28 @@ pub(crate) mod tests {
         assert_eq!(s.len, 6);
         assert_eq!(s.count, 3);
         assert!(s.sorted);
-        assert_eq!(s.first_key.as_deref(), Some(&b"a"[..]));
-        assert_eq!(s.last_key.as_deref(), Some(&b"c"[..]));
-        assert_eq!(s.buckets[0].value, Ok((9, 0, None)));
+        assert_eq!(s.first_key(), Some(&b"a"[..]));
+        assert_eq!(s.last_key(), Some(&b"c"[..]));
+        let empty = summarize_leaf(&leaf_node(4, &[]), NodeAt::Page(4)).unwrap();
+        assert_eq!((empty.first_key(), empty.last_key()), (None, None));
+        assert_eq!(s.buckets[0].value.as_ref().map(|b| b.root), Ok(9));
+    }
+
+    #[test]
+    fn revision_records_pack_kind_and_key() {
+        for (kind, want) in [(1, "Put"), (2, "Tombstone"), (0, "Bad")] {
+            let e = RevisionRecord::new(kind, u128::MAX).event();
+            assert!(format!("{e:?}").starts_with(want), "{e:?}");
+        }
+        let (a, b) = (key_hash(b"a"), key_hash(b"b"));
+        assert_ne!(
+            RevisionRecord::new(1, a).event(),
+            RevisionRecord::new(1, b).event()
+        );
+        assert_eq!(
+            RevisionRecord::new(1, a).event(),
+            RevisionRecord::new(1, a).event()
+        );
     }
 
     #[test]
