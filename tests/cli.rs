@@ -178,7 +178,8 @@ fn status_compat_variable_is_validated() {
 /// exit 2 with a message naming the variable, and nothing is touched.
 #[test]
 fn commands_refuse_bad_configuration_before_acting() {
-    let cases: &[(&[&str], &[(&str, &str)], &str)] = &[
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+    let cases: &[Case] = &[
         (
             &["restore"],
             &[("LIFEBOAT_DATA_DIR", "/tmp/x")],
