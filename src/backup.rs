@@ -6,7 +6,7 @@
 //! signal (the future is dropped) leaves nothing partial behind, locally or in the store.
 
 use std::fs::File;
-use std::io::{BufReader, Write};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -18,8 +18,9 @@ use crate::etcd::{self, EtcdConfig};
 use crate::fsutil::{create_private, free_space, mib, Progress, RemoveOnDrop};
 use crate::lock::RunLock;
 use crate::manifest::{self, Durations, Manifest, StatusRecord};
+use crate::snapshot::cursor::ReadAt;
 use crate::snapshot::{self, Trailer};
-use crate::spool::Spool;
+use crate::spool::{GrowingFile, Spool};
 use crate::store::{Location, Store};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,10 +112,30 @@ impl<W: Write> Write for HashingWriter<W> {
     }
 }
 
-/// Compress `src` into `dest` (created 0600) with zstd; returns (size, sha256) of `dest`.
-fn compress(src: &Path, dest: &Path, level: i32) -> Result<(u64, [u8; 32])> {
+/// Sequential `Read` over a `ReadAt` (the growing spool file), up to `end`.
+struct ReadAtCursor<'a, R: ReadAt> {
+    src: &'a R,
+    off: u64,
+    end: u64,
+}
+
+impl<R: ReadAt> Read for ReadAtCursor<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let want = (self.end.saturating_sub(self.off)).min(buf.len() as u64) as usize;
+        if want == 0 {
+            return Ok(0);
+        }
+        let n = self.src.read_at(&mut buf[..want], self.off)?;
+        self.off += n as u64;
+        Ok(n)
+    }
+}
+
+/// Compress the growing spool file into `out` with zstd as it arrives; returns (size, sha256) of
+/// the compressed object.
+fn compress(src: &GrowingFile, out: File, dest: &Path, level: i32) -> Result<(u64, [u8; 32])> {
     let io = |what: &str, e| Error::io(format!("{what} {}", dest.display()), e);
-    let out = create_private(dest)?;
+    let total = src.wait_total().map_err(|e| io("compressing into", e))?;
     let mut w = HashingWriter {
         inner: std::io::BufWriter::with_capacity(1 << 20, out),
         hash: Sha256::new(),
@@ -122,12 +143,13 @@ fn compress(src: &Path, dest: &Path, level: i32) -> Result<(u64, [u8; 32])> {
     };
     let mut enc =
         zstd::stream::Encoder::new(&mut w, level).map_err(|e| io("compressing into", e))?;
-    // Two workers: the tool runs with 1-2 CPUs in a Job; the pipeline is I/O and hash bound otherwise.
-    let _ = enc.multithread(2);
-    let mut input = BufReader::with_capacity(
-        1 << 20,
-        File::open(src).map_err(|e| Error::io(format!("opening {}", src.display()), e))?,
-    );
+    // One zstd worker beside this reading thread: the verifier and the stream need the other core.
+    let _ = enc.multithread(1);
+    let mut input = ReadAtCursor {
+        src,
+        off: 0,
+        end: total,
+    };
     std::io::copy(&mut input, &mut enc).map_err(|e| io("compressing into", e))?;
     enc.finish().map_err(|e| io("compressing into", e))?;
     let file = w
@@ -138,10 +160,12 @@ fn compress(src: &Path, dest: &Path, level: i32) -> Result<(u64, [u8; 32])> {
     Ok((w.len, w.hash.finalize().into()))
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(f)
+/// Wait for a worker thread without blocking the runtime.
+async fn join<T: Send + 'static>(h: std::thread::JoinHandle<Result<T>>) -> Result<T> {
+    tokio::task::spawn_blocking(move || h.join())
         .await
         .map_err(|e| Error::Internal(format!("worker thread failed: {e}")))?
+        .map_err(|_| Error::Internal("worker thread panicked".into()))?
 }
 
 /// Run one backup. `clock` gives the backup's creation time (tests pin it).
@@ -196,24 +220,43 @@ pub async fn run(cfg: &BackupConfig, clock: &(dyn Fn() -> SystemTime + Sync)) ->
         &name,
         Progress::new("snapshot", Some(chosen.db_size), cfg.progress_interval),
     )?;
+    // Verify (sha256 vs trailer, bbolt check, status) and compress *while* the stream arrives: both
+    // follow the spool writer from the page cache, so nothing is read back from disk afterwards.
+    let verify_src = spool.reader()?;
+    let verify_name = name.clone();
+    let verifier = std::thread::spawn(move || -> Result<snapshot::Report> {
+        let total = verify_src
+            .wait_total()
+            .map_err(|e| Error::Etcd(e.to_string()))?;
+        snapshot::scan::scan(&verify_src, total, &verify_name)
+            .map_err(|e| Error::Verify(e.to_string()))
+    });
+    let compressor = match cfg.compression {
+        Compression::None => None,
+        Compression::Zstd(level) => {
+            let dest = cfg.spool_dir.join(format!("{name}.zst"));
+            let out = create_private(&dest)?;
+            let guard = RemoveOnDrop::new(dest.clone());
+            let src = spool.reader()?;
+            Some((
+                dest.clone(),
+                guard,
+                std::thread::spawn(move || compress(&src, out, &dest, level)),
+            ))
+        }
+    };
     etcd::stream_snapshot(&cfg.etcd, &chosen.endpoint, &mut spool).await?;
     tracing::info!("{}", spool.progress_line());
     let spooled = spool.finish()?;
     let stream_time = t_stream.elapsed();
 
     let t_verify = Instant::now();
-    let path = spooled.path.clone();
-    let report =
-        blocking(move || snapshot::inspect(&path).map_err(|e| Error::Verify(e.to_string())))
-            .await?;
+    let report = join(verifier).await?;
     report.verdict().map_err(Error::Verify)?;
-    if report.trailer != Trailer::Verified
-        || report.db_sha256 != spooled.db_sha256
-        || report.file_len != spooled.file_len
-    {
+    if report.trailer != Trailer::Verified || report.file_len != spooled.file_len {
         return Err(Error::Verify(format!(
-            "the spooled snapshot changed on disk after it was received (trailer {:?}); check the spool volume",
-            report.trailer
+            "the snapshot's sha256 trailer could not be verified ({:?}, {} of {} bytes)",
+            report.trailer, report.file_len, spooled.file_len
         )));
     }
     let status = &report.status;
@@ -227,18 +270,15 @@ pub async fn run(cfg: &BackupConfig, clock: &(dyn Fn() -> SystemTime + Sync)) ->
 
     let t_compress = Instant::now();
     let object_name = manifest::object_name(cfg.compression.name());
-    let (upload_path, _compressed_guard, stored_size, stored_sha) = match cfg.compression {
-        Compression::None => (
+    let (upload_path, _compressed_guard, stored_size, stored_sha) = match compressor {
+        None => (
             spooled.path.clone(),
             None,
             spooled.file_len,
             report.file_sha256,
         ),
-        Compression::Zstd(level) => {
-            let dest = cfg.spool_dir.join(format!("{name}.zst"));
-            let guard = RemoveOnDrop::new(dest.clone());
-            let (src, d2) = (spooled.path.clone(), dest.clone());
-            let (size, sha) = blocking(move || compress(&src, &d2, level)).await?;
+        Some((dest, guard, handle)) => {
+            let (size, sha) = join(handle).await?;
             (dest, Some(guard), size, sha)
         }
     };

@@ -79,6 +79,10 @@ impl RemoveOnDrop {
     pub fn new(path: PathBuf) -> Self {
         RemoveOnDrop { path: Some(path) }
     }
+    /// A guard that guards nothing (a placeholder after the real one was taken).
+    pub fn disarmed() -> Self {
+        RemoveOnDrop { path: None }
+    }
     pub fn path(&self) -> &Path {
         self.path.as_deref().unwrap_or(Path::new(""))
     }

@@ -1,43 +1,126 @@
-//! The spool: the snapshot stream written to a private local file while sha256 and length are
-//! computed on the fly, so the bytes can be proven sound before anything is uploaded.
+//! The spool: the snapshot stream written to a private local file, readable *while it grows*.
 //!
 //! Rules (spec §1.2–§1.4): the DB length is announced by the first message
-//! (`remaining_bytes + len(blob)`); exactly 32 bytes must follow the DB, and they must equal the
-//! sha256 of the DB bytes. The file is `<dir>/<name>.part` (0600) until `finish` fsyncs and renames
-//! it; any other exit path (error, signal, panic) removes it.
+//! (`remaining_bytes + len(blob)`); exactly 32 bytes must follow the DB. The file is
+//! `<dir>/<name>.part` (0600) until `finish` fsyncs and renames it; any other exit path (error,
+//! signal, panic) removes it and tells the readers the stream failed.
+//!
+//! Readers ([`GrowingFile`]) can follow the writer: a read blocks until the bytes it asks for have
+//! been written. That lets the backup verify (sha256 + bbolt check + status) and compress the
+//! snapshot *during* the stream, from the page cache, instead of reading it again afterwards. The
+//! sha256 against the trailer is therefore checked by the verifier (`snapshot::scan`), not here.
 
 use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-
-use sha2::{Digest, Sha256};
+use std::sync::{Arc, Condvar, Mutex};
 
 use crate::error::{Error, Result};
 use crate::etcd::SnapshotSink;
 use crate::fsutil::{commit_file, create_private, Progress, RemoveOnDrop};
+use crate::snapshot::cursor::ReadAt;
 
 pub const TRAILER_LEN: u64 = 32;
+
+#[derive(Debug, Default)]
+struct GrowthState {
+    written: u64,
+    /// `db_len + 32`, known once the stream announced itself.
+    total: Option<u64>,
+    /// `Some(true)` finished whole, `Some(false)` failed.
+    finished: Option<bool>,
+}
+
+/// How far the spool file has been written; shared with its readers.
+#[derive(Debug, Default)]
+pub struct Growth {
+    state: Mutex<GrowthState>,
+    cond: Condvar,
+}
+
+impl Growth {
+    fn update(&self, f: impl FnOnce(&mut GrowthState)) {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut st);
+        self.cond.notify_all();
+    }
+
+    /// Mark the stream failed: every waiting reader gets an error.
+    pub fn fail(&self) {
+        self.update(|s| {
+            if s.finished.is_none() {
+                s.finished = Some(false)
+            }
+        });
+    }
+
+    /// Wait until `pred` holds or the stream ends; `Err` if it failed.
+    fn wait_for(&self, pred: impl Fn(&GrowthState) -> bool) -> std::io::Result<GrowthStateView> {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if st.finished == Some(false) {
+                return Err(std::io::Error::other("the snapshot stream failed"));
+            }
+            if pred(&st) || st.finished == Some(true) {
+                return Ok(GrowthStateView {
+                    written: st.written,
+                    total: st.total,
+                });
+            }
+            st = self.cond.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+struct GrowthStateView {
+    written: u64,
+    total: Option<u64>,
+}
+
+/// A read handle on the spool file that waits for the writer.
+pub struct GrowingFile {
+    file: File,
+    growth: Arc<Growth>,
+}
+
+impl GrowingFile {
+    /// The final file length (`db_len + 32`), once the stream announced it.
+    pub fn wait_total(&self) -> std::io::Result<u64> {
+        let v = self.growth.wait_for(|s| s.total.is_some())?;
+        v.total.ok_or_else(|| {
+            std::io::Error::other("the snapshot stream ended before announcing its size")
+        })
+    }
+}
+
+impl ReadAt for GrowingFile {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+        let end = offset.saturating_add(buf.len() as u64);
+        let v = self
+            .growth
+            .wait_for(|s| s.total.is_some_and(|t| s.written >= end.min(t)))?;
+        let avail = v.written.saturating_sub(offset).min(buf.len() as u64) as usize;
+        std::os::unix::fs::FileExt::read_at(&self.file, &mut buf[..avail], offset)
+    }
+}
 
 pub struct Spool {
     part: RemoveOnDrop,
     dest: PathBuf,
-    out: BufWriter<File>,
+    out: File,
     db_len: Option<u64>,
     written: u64,
-    db_hash: Sha256,
-    trailer: Vec<u8>,
+    growth: Arc<Growth>,
     progress: Progress,
 }
 
-/// A verified-length, trailer-checked snapshot file on local disk. Removed when dropped unless
-/// `keep` is called.
+/// A length-checked snapshot file on local disk. Removed when dropped unless `keep` is called.
 #[derive(Debug)]
 pub struct SpooledSnapshot {
     guard: Option<RemoveOnDrop>,
     pub path: PathBuf,
     pub db_len: u64,
     pub file_len: u64,
-    pub db_sha256: [u8; 32],
 }
 
 impl SpooledSnapshot {
@@ -53,21 +136,30 @@ impl Spool {
     pub fn create(dir: &Path, name: &str, progress: Progress) -> Result<Self> {
         let dest = dir.join(name);
         let part_path = dir.join(format!("{name}.part"));
-        let file = create_private(&part_path)?;
+        let out = create_private(&part_path)?;
         Ok(Spool {
             part: RemoveOnDrop::new(part_path),
             dest,
-            out: BufWriter::with_capacity(1 << 20, file),
+            out,
             db_len: None,
             written: 0,
-            db_hash: Sha256::new(),
-            trailer: Vec::with_capacity(32),
+            growth: Arc::new(Growth::default()),
             progress,
         })
     }
 
-    /// Check the length and the trailer, fsync, rename `.part` → final name.
-    pub fn finish(self) -> Result<SpooledSnapshot> {
+    /// A reader that follows the writer (see [`GrowingFile`]).
+    pub fn reader(&self) -> Result<GrowingFile> {
+        let file = File::open(self.part.path())
+            .map_err(|e| Error::io(format!("opening {}", self.part.path().display()), e))?;
+        Ok(GrowingFile {
+            file,
+            growth: self.growth.clone(),
+        })
+    }
+
+    /// Check the length, fsync, rename `.part` → final name, and release the readers.
+    pub fn finish(mut self) -> Result<SpooledSnapshot> {
         let db_len = self
             .db_len
             .ok_or_else(|| Error::Etcd("snapshot stream carried no data".into()))?;
@@ -77,44 +169,34 @@ impl Spool {
                 self.written
             )));
         }
-        if self.trailer.len() as u64 != TRAILER_LEN {
+        if self.written != db_len + TRAILER_LEN {
             return Err(Error::Etcd(format!(
                 "snapshot stream sent {} bytes after the database where exactly 32 (the sha256 trailer) were expected",
-                self.trailer.len()
+                self.written - db_len
             )));
         }
-        let digest: [u8; 32] = self.db_hash.finalize().into();
-        if digest[..] != self.trailer[..] {
-            return Err(Error::Verify(format!(
-                "snapshot stream trailer {} does not match the sha256 of the received database {}",
-                hex::encode(&self.trailer),
-                hex::encode(digest)
-            )));
-        }
-        let Spool {
-            part,
-            dest,
-            out,
-            written,
-            ..
-        } = self;
-        let file = out
-            .into_inner()
-            .map_err(|e| Error::io(format!("writing {}", part.path().display()), e.into_error()))?;
-        commit_file(&file, part.path(), &dest)?;
-        part.disarm();
-        tracing::debug!(path = %dest.display(), bytes = written, "snapshot spooled");
+        commit_file(&self.out, self.part.path(), &self.dest)?;
+        std::mem::replace(&mut self.part, RemoveOnDrop::disarmed()).disarm();
+        self.growth.update(|s| s.finished = Some(true));
+        let dest = self.dest.clone();
+        tracing::debug!(path = %dest.display(), bytes = self.written, "snapshot spooled");
         Ok(SpooledSnapshot {
             guard: Some(RemoveOnDrop::new(dest.clone())),
             path: dest,
             db_len,
-            file_len: written,
-            db_sha256: digest,
+            file_len: self.written,
         })
     }
 
     pub fn progress_line(&self) -> String {
         self.progress.line()
+    }
+}
+
+impl Drop for Spool {
+    /// Not finished (error, signal, panic): readers must not wait forever.
+    fn drop(&mut self) {
+        self.growth.fail();
     }
 }
 
@@ -127,6 +209,7 @@ impl SnapshotSink for Spool {
         }
         self.db_len = Some(db_len);
         self.progress.set_total(db_len + TRAILER_LEN);
+        self.growth.update(|s| s.total = Some(db_len + TRAILER_LEN));
         Ok(())
     }
 
@@ -134,23 +217,20 @@ impl SnapshotSink for Spool {
         let db_len = self
             .db_len
             .ok_or_else(|| Error::Internal("spool written before announce".into()))?;
-        let in_db = db_len.saturating_sub(self.written).min(chunk.len() as u64) as usize;
-        let (db_part, rest) = chunk.split_at(in_db);
-        self.db_hash.update(db_part);
-        if self.trailer.len() + rest.len() > TRAILER_LEN as usize {
+        let after = self.written + chunk.len() as u64;
+        if after > db_len + TRAILER_LEN {
             return Err(Error::Etcd(format!(
-                "snapshot stream sent more bytes than announced: the server said {db_len} + 32, got at least {}",
-                self.written + chunk.len() as u64
+                "snapshot stream sent more bytes than announced: the server said {db_len} + 32, got at least {after}"
             )));
         }
-        self.trailer.extend_from_slice(rest);
         self.out.write_all(chunk).map_err(|e| {
             Error::io(
                 format!("writing spool file {}", self.part.path().display()),
                 e,
             )
         })?;
-        self.written += chunk.len() as u64;
+        self.written = after;
+        self.growth.update(|s| s.written = after);
         self.progress.add(chunk.len() as u64);
         Ok(())
     }
@@ -170,26 +250,28 @@ mod tests {
         .unwrap()
     }
 
-    fn db(n: usize) -> (Vec<u8>, Vec<u8>) {
-        let db: Vec<u8> = (0..n).map(|i| (i * 7) as u8).collect();
-        let t = Sha256::digest(&db).to_vec();
-        (db, t)
-    }
-
     #[test]
-    fn good_stream_is_committed() {
+    fn good_stream_is_committed_and_readers_follow_it() {
         let d = tempfile::tempdir().unwrap();
-        let (db, t) = db(4096);
+        let db: Vec<u8> = (0..4096u32).map(|i| (i * 7) as u8).collect();
         let mut s = spool(d.path());
+        let reader = s.reader().unwrap();
+        let follower = std::thread::spawn(move || {
+            let total = reader.wait_total().unwrap();
+            let mut buf = vec![0u8; total as usize];
+            let n = reader.read_at(&mut buf, 0).unwrap();
+            (total, n, buf)
+        });
         s.announce(4096).unwrap();
         s.write(&db[..1000]).unwrap();
-        let mut tail = db[1000..].to_vec();
-        tail.extend_from_slice(&t[..5]);
-        s.write(&tail).unwrap();
-        s.write(&t[5..]).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        s.write(&db[1000..]).unwrap();
+        s.write(&[9u8; 32]).unwrap();
         let snap = s.finish().unwrap();
+        let (total, n, buf) = follower.join().unwrap();
+        assert_eq!((total, n), (4128, 4128));
+        assert_eq!(&buf[..4096], &db[..]);
         assert_eq!(snap.file_len, 4128);
-        assert_eq!(std::fs::read(&snap.path).unwrap().len(), 4128);
         assert!(!d.path().join("s.db.part").exists());
         let p = snap.path.clone();
         drop(snap);
@@ -197,20 +279,20 @@ mod tests {
     }
 
     #[test]
-    fn bad_streams_leave_nothing() {
-        let (db, t) = db(4096);
+    fn bad_streams_leave_nothing_and_release_readers() {
         let cases: Vec<(&str, Vec<Vec<u8>>)> = vec![
-            ("ended early", vec![db[..4000].to_vec()]),
-            ("exactly 32", vec![db.clone(), t[..31].to_vec()]),
-            ("does not match", vec![db.clone(), vec![0u8; 32]]),
+            ("ended early", vec![vec![0; 4000]]),
+            ("exactly 32", vec![vec![0; 4096], vec![0; 31]]),
             (
                 "more bytes than announced",
-                vec![db.clone(), t.clone(), vec![1]],
+                vec![vec![0; 4096], vec![0; 32], vec![1]],
             ),
         ];
         for (want, chunks) in cases {
             let d = tempfile::tempdir().unwrap();
             let mut s = spool(d.path());
+            let reader = s.reader().unwrap();
+            let follower = std::thread::spawn(move || reader.read_at(&mut [0u8; 8192], 0));
             s.announce(4096).unwrap();
             let r = chunks
                 .iter()
@@ -218,6 +300,10 @@ mod tests {
                 .and_then(|_| s.finish().map(|_| ()));
             let e = r.unwrap_err().to_string();
             assert!(e.contains(want), "{want}: {e}");
+            assert!(
+                follower.join().unwrap().is_err(),
+                "{want}: reader not told of the failure"
+            );
             assert_eq!(
                 std::fs::read_dir(d.path()).unwrap().count(),
                 0,
