@@ -12,7 +12,7 @@
 #     (posix_fadvise DONTNEED on the input first), and a small result table.
 #
 # Knobs (environment): BENCH_WORK (default bench/work), BENCH_KEYS (100000), BENCH_VALUE_SIZE
-# (5000), BENCH_UPDATE_FRACTION (0.25), BENCH_CONCURRENCY (8), BENCH_QUOTA (8 GiB),
+# (5000), BENCH_UPDATE_FRACTION (0.7), BENCH_CONCURRENCY (8), BENCH_QUOTA (8 GiB),
 # LIFEBOAT_TEST_ETCD_3_5_30 (directory with etcd, etcdctl, etcdutl 3.5.30).
 # Delete bench/work/db (or all of bench/work) to rebuild the database with other knobs.
 
@@ -152,7 +152,7 @@ bench_build_db() {
   line=$("$BENCH_ROOT/target/release/examples/loadgen" --endpoint "$BENCH_ENDPOINT" \
     --cacert "$BENCH_CA" --cert "$BENCH_CERT" --key "$BENCH_KEY" \
     --keys "${BENCH_KEYS:-100000}" --value-size "${BENCH_VALUE_SIZE:-5000}" \
-    --update-fraction "${BENCH_UPDATE_FRACTION:-0.25}" --concurrency "${BENCH_CONCURRENCY:-8}") ||
+    --update-fraction "${BENCH_UPDATE_FRACTION:-0.7}" --concurrency "${BENCH_CONCURRENCY:-8}") ||
     bench_die "loadgen failed"
   t1=$(bench_now)
   secs=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", b - a }')
@@ -171,7 +171,8 @@ bench_snapshot() {
   bench_etcd_start "$BENCH_DB_DIR" --quota-backend-bytes="${BENCH_QUOTA:-8589934592}"
   local t0 t1
   t0=$(bench_now)
-  bench_etcdctl snapshot save "$BENCH_SNAPSHOT.tmp" >/dev/null || bench_die "snapshot save failed"
+  bench_etcdctl snapshot save "$BENCH_SNAPSHOT.tmp" >"$BENCH_WORK/snapshot-save.log" 2>&1 ||
+    bench_die "snapshot save failed (see $BENCH_WORK/snapshot-save.log)"
   t1=$(bench_now)
   bench_etcd_stop
   mv "$BENCH_SNAPSHOT.tmp" "$BENCH_SNAPSHOT"
