@@ -169,6 +169,41 @@ pub fn oracle_status(v: Version, file: &Path, format: &str) -> String {
     String::from_utf8(out.stdout).expect("utf-8 status output")
 }
 
+/// `snapshot restore` with this release's tool (etcdutl; etcdctl on 3.4) of `snapshot` into
+/// `data_dir` as member `i` of `plan`, plus `extra` flags (e.g. `--skip-hash-check`,
+/// `--bump-revision`). Panics with the tool's output on failure.
+pub fn oracle_restore(
+    v: Version,
+    snapshot: &Path,
+    plan: &ClusterPlan,
+    i: usize,
+    data_dir: &Path,
+    extra: &[&str],
+) {
+    let out = v
+        .snapshot_tool()
+        .args(["snapshot", "restore"])
+        .arg(snapshot)
+        .arg(format!("--name={}", plan.names[i]))
+        .arg(format!("--initial-cluster={}", plan.initial_cluster()))
+        .arg(format!("--initial-cluster-token={}", plan.token))
+        .arg(format!(
+            "--initial-advertise-peer-urls={}",
+            plan.peer_url(i)
+        ))
+        .arg(format!("--data-dir={}", data_dir.display()))
+        .args(extra)
+        .output()
+        .expect("spawn snapshot tool");
+    assert!(
+        out.status.success(),
+        "{v} snapshot restore {} failed: {}{}",
+        snapshot.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // TLS material
 // ---------------------------------------------------------------------------------------------
@@ -722,38 +757,69 @@ impl Drop for Etcd {
 // Several members
 // ---------------------------------------------------------------------------------------------
 
-/// An n-member cluster on loopback with TLS on client and peer URLs. Members are named
-/// `m0`, `m1`, ...; all are killed on drop.
-pub struct Cluster {
-    pub members: Vec<Etcd>,
+/// The shape of a cluster decided before anything runs: member names, ports, peer URLs, token.
+/// Restore tests need it first (`snapshot restore --initial-cluster ...` bakes the peer URLs into
+/// the data dirs), then start the members on the restored dirs with [`ClusterPlan::start`].
+#[derive(Debug, Clone)]
+pub struct ClusterPlan {
+    /// `m0`, `m1`, ...
+    pub names: Vec<String>,
+    pub client_ports: Vec<u16>,
+    pub peer_ports: Vec<u16>,
+    /// https peer URLs with the test CA (`--peer-client-cert-auth`), or plain http.
+    pub peer_tls: bool,
     pub token: String,
-    pub initial_cluster: String,
 }
 
-impl Cluster {
-    pub fn start(version: Version, n: usize, tls: &Tls, token: &str) -> Cluster {
-        assert!(n >= 1);
-        let ports: Vec<(u16, u16)> = (0..n).map(|_| (alloc_port(), alloc_port())).collect();
-        let initial_cluster = ports
-            .iter()
-            .enumerate()
-            .map(|(i, (_, peer))| format!("m{i}=https://127.0.0.1:{peer}"))
+impl ClusterPlan {
+    pub fn new(n: usize, token: &str, peer_tls: bool) -> ClusterPlan {
+        assert!(n >= 1, "a cluster needs at least one member");
+        ClusterPlan {
+            names: (0..n).map(|i| format!("m{i}")).collect(),
+            client_ports: (0..n).map(|_| alloc_port()).collect(),
+            peer_ports: (0..n).map(|_| alloc_port()).collect(),
+            peer_tls,
+            token: token.to_string(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    /// `https://127.0.0.1:<port>` (or http) of member `i`.
+    pub fn peer_url(&self, i: usize) -> String {
+        let scheme = if self.peer_tls { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.peer_ports[i])
+    }
+
+    /// `m0=<peer url>,m1=<peer url>,...`, for `--initial-cluster`.
+    pub fn initial_cluster(&self) -> String {
+        (0..self.len())
+            .map(|i| format!("{}={}", self.names[i], self.peer_url(i)))
             .collect::<Vec<_>>()
-            .join(",");
-        let mut members: Vec<Etcd> = ports
-            .iter()
-            .enumerate()
-            .map(|(i, &(client, peer))| {
+            .join(",")
+    }
+
+    /// Start every member (on `data_dirs[i]` when given, e.g. restored dirs; else fresh temp
+    /// dirs) and wait until all are healthy; panics with every member's log tail otherwise.
+    pub fn start(&self, version: Version, tls: &Tls, data_dirs: Option<&[PathBuf]>) -> Cluster {
+        if let Some(d) = data_dirs {
+            assert_eq!(d.len(), self.len(), "one data dir per member");
+        }
+        let mut members: Vec<Etcd> = (0..self.len())
+            .map(|i| {
                 Etcd::spawn(
                     version,
                     tls,
                     EtcdOpts {
-                        name: Some(format!("m{i}")),
-                        initial_cluster: Some(initial_cluster.clone()),
-                        initial_cluster_token: Some(token.to_string()),
-                        peer_tls: true,
-                        client_port: Some(client),
-                        peer_port: Some(peer),
+                        name: Some(self.names[i].clone()),
+                        initial_cluster: Some(self.initial_cluster()),
+                        initial_cluster_token: Some(self.token.clone()),
+                        data_dir: data_dirs.map(|d| d[i].clone()),
+                        peer_tls: self.peer_tls,
+                        client_port: Some(self.client_ports[i]),
+                        peer_port: Some(self.peer_ports[i]),
                         ..Default::default()
                     },
                 )
@@ -773,9 +839,21 @@ impl Cluster {
         }
         Cluster {
             members,
-            token: token.to_string(),
-            initial_cluster,
+            plan: self.clone(),
         }
+    }
+}
+
+/// Running members of a [`ClusterPlan`]; all are killed on drop.
+pub struct Cluster {
+    pub members: Vec<Etcd>,
+    pub plan: ClusterPlan,
+}
+
+impl Cluster {
+    /// A fresh n-member cluster with TLS on client and peer URLs.
+    pub fn start(version: Version, n: usize, tls: &Tls, token: &str) -> Cluster {
+        ClusterPlan::new(n, token, true).start(version, tls, None)
     }
 
     /// Comma-separated client URLs of all members.
