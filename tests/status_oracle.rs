@@ -149,6 +149,29 @@ fn status_matches_oracles(server: Version) {
         "harness: member/snap/db should have no trailer"
     );
 
+    // The sample has every structure the spec's fixture (b) asks for.
+    let shape = bolt_shape(&saved);
+    assert!(
+        matches!(
+            shape.get("key"),
+            Some(BucketShape::Pages {
+                branch_pages: 1..,
+                overflowing_pages: 1..,
+                keys: 10_000..,
+                ..
+            })
+        ),
+        "harness: bucket `key` lacks branch or overflow pages: {shape:?}"
+    );
+    assert!(
+        matches!(shape.get("lease"), Some(BucketShape::Pages { .. }))
+            && matches!(
+                shape.get("authUsers"),
+                Some(BucketShape::Inline { keys: 2.. })
+            ),
+        "harness: want a non-inline `lease` and an inline `authUsers` bucket: {shape:?}"
+    );
+
     let mut problems = Vec::new();
     for (label, file) in [("saved snapshot", &saved), ("raw member/snap/db", &raw)] {
         let want = oracles(file);
