@@ -224,6 +224,46 @@ bench_summary() {
   awk -v w="$wall" -v r="$rss" 'BEGIN { printf "%.3f %.1f\n", w, r / 1024 }'
 }
 
+# bench_alternate RESDIR MODE RUNS INPUT TOOL...: time each TOOL RUNS times, alternating the order
+# from run to run (A B, B A, ...) so that neither always runs after the other. A TOOL is a name
+# whose command the caller puts in the array `cmd_<TOOL>`; if a function `before_<TOOL>` exists,
+# it runs (untimed) before each run, e.g. to remove the previous run's output. MODE `cold` drops
+# INPUT from the page cache before each run; `warm` reads it once first. Results go to
+# RESDIR/MODE-TOOL (see bench_run).
+bench_alternate() {
+  local res=$1 mode=$2 runs=$3 input=$4 i t
+  shift 4
+  local tools=("$@") order
+  [ "$mode" = warm ] && cat "$input" >/dev/null
+  for ((i = 1; i <= runs; i++)); do
+    order=("${tools[@]}")
+    if ((i % 2 == 0)); then
+      order=()
+      for ((t = ${#tools[@]} - 1; t >= 0; t--)); do order+=("${tools[t]}"); done
+    fi
+    for t in "${order[@]}"; do
+      if declare -F "before_$t" >/dev/null; then "before_$t"; fi
+      [ "$mode" = cold ] && bench_drop_cache "$input"
+      local -n cmd="cmd_$t"
+      bench_run "$res/$mode-$t" "${cmd[@]}"
+      unset -n cmd
+    done
+  done
+}
+
+# bench_table_header / bench_table_row MODE LABEL RESULTS_FILE BASELINE_RESULTS_FILE: the result
+# table, one row per (mode, tool): median wall time, ratio to the baseline, median peak RSS.
+bench_table_header() {
+  printf '%-5s  %-20s  %10s  %8s  %14s\n' mode tool "wall (s)" ratio "peak RSS (MiB)"
+}
+bench_table_row() {
+  local wall rss base_wall ratio
+  read -r wall rss < <(bench_summary "$3")
+  read -r base_wall _ < <(bench_summary "$4")
+  ratio=$(awk -v a="$wall" -v b="$base_wall" 'BEGIN { printf "%.2f", a / b }')
+  printf '%-5s  %-20s  %10s  %8s  %14s\n' "$1" "$2" "$wall" "$ratio" "$rss"
+}
+
 # bench_human BYTES: e.g. 1.02 GiB.
 bench_human() {
   awk -v b="$1" 'BEGIN { split("B KiB MiB GiB TiB", u); i = 1
