@@ -12,7 +12,7 @@
 #     (posix_fadvise DONTNEED on the input first), and a small result table.
 #
 # Knobs (environment): BENCH_WORK (default bench/work), BENCH_KEYS (100000), BENCH_VALUE_SIZE
-# (5000), BENCH_UPDATE_FRACTION (0.6), BENCH_CONCURRENCY (8), BENCH_QUOTA (8 GiB),
+# (5000), BENCH_UPDATE_FRACTION (0.7), BENCH_CONCURRENCY (8), BENCH_QUOTA (8 GiB),
 # LIFEBOAT_TEST_ETCD_3_5_30 (directory with etcd, etcdctl, etcdutl 3.5.30).
 # Delete bench/work/db (or all of bench/work) to rebuild the database with other knobs.
 
@@ -152,7 +152,7 @@ bench_build_db() {
   line=$("$BENCH_ROOT/target/release/examples/loadgen" --endpoint "$BENCH_ENDPOINT" \
     --cacert "$BENCH_CA" --cert "$BENCH_CERT" --key "$BENCH_KEY" \
     --keys "${BENCH_KEYS:-100000}" --value-size "${BENCH_VALUE_SIZE:-5000}" \
-    --update-fraction "${BENCH_UPDATE_FRACTION:-0.6}" --concurrency "${BENCH_CONCURRENCY:-8}") ||
+    --update-fraction "${BENCH_UPDATE_FRACTION:-0.7}" --concurrency "${BENCH_CONCURRENCY:-8}") ||
     bench_die "loadgen failed"
   t1=$(bench_now)
   secs=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", b - a }')
@@ -171,7 +171,8 @@ bench_snapshot() {
   bench_etcd_start "$BENCH_DB_DIR" --quota-backend-bytes="${BENCH_QUOTA:-8589934592}"
   local t0 t1
   t0=$(bench_now)
-  bench_etcdctl snapshot save "$BENCH_SNAPSHOT.tmp" >/dev/null || bench_die "snapshot save failed"
+  bench_etcdctl snapshot save "$BENCH_SNAPSHOT.tmp" >"$BENCH_WORK/snapshot-save.log" 2>&1 ||
+    bench_die "snapshot save failed (see $BENCH_WORK/snapshot-save.log)"
   t1=$(bench_now)
   bench_etcd_stop
   mv "$BENCH_SNAPSHOT.tmp" "$BENCH_SNAPSHOT"
@@ -221,6 +222,46 @@ bench_summary() {
   wall=$(awk '{ print $1 }' "$1" | bench_median)
   rss=$(awk '{ print $2 }' "$1" | bench_median)
   awk -v w="$wall" -v r="$rss" 'BEGIN { printf "%.3f %.1f\n", w, r / 1024 }'
+}
+
+# bench_alternate RESDIR MODE RUNS INPUT TOOL...: time each TOOL RUNS times, alternating the order
+# from run to run (A B, B A, ...) so that neither always runs after the other. A TOOL is a name
+# whose command the caller puts in the array `cmd_<TOOL>`; if a function `before_<TOOL>` exists,
+# it runs (untimed) before each run, e.g. to remove the previous run's output. MODE `cold` drops
+# INPUT from the page cache before each run; `warm` reads it once first. Results go to
+# RESDIR/MODE-TOOL (see bench_run).
+bench_alternate() {
+  local res=$1 mode=$2 runs=$3 input=$4 i t
+  shift 4
+  local tools=("$@") order
+  [ "$mode" = warm ] && cat "$input" >/dev/null
+  for ((i = 1; i <= runs; i++)); do
+    order=("${tools[@]}")
+    if ((i % 2 == 0)); then
+      order=()
+      for ((t = ${#tools[@]} - 1; t >= 0; t--)); do order+=("${tools[t]}"); done
+    fi
+    for t in "${order[@]}"; do
+      if declare -F "before_$t" >/dev/null; then "before_$t"; fi
+      [ "$mode" = cold ] && bench_drop_cache "$input"
+      local -n cmd="cmd_$t"
+      bench_run "$res/$mode-$t" "${cmd[@]}"
+      unset -n cmd
+    done
+  done
+}
+
+# bench_table_header / bench_table_row MODE LABEL RESULTS_FILE BASELINE_RESULTS_FILE: the result
+# table, one row per (mode, tool): median wall time, ratio to the baseline, median peak RSS.
+bench_table_header() {
+  printf '%-5s  %-20s  %10s  %8s  %14s\n' mode tool "wall (s)" ratio "peak RSS (MiB)"
+}
+bench_table_row() {
+  local wall rss base_wall ratio
+  read -r wall rss < <(bench_summary "$3")
+  read -r base_wall _ < <(bench_summary "$4")
+  ratio=$(awk -v a="$wall" -v b="$base_wall" 'BEGIN { printf "%.2f", a / b }')
+  printf '%-5s  %-20s  %10s  %8s  %14s\n' "$1" "$2" "$wall" "$ratio" "$rss"
 }
 
 # bench_human BYTES: e.g. 1.02 GiB.

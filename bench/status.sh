@@ -41,38 +41,22 @@ fi
 
 tools=(etcdutl)
 [ "$have_ours" = 1 ] && tools=(ours etcdutl)
-
-run_tool() { # TOOL MODE
-  local out=$res/$2-$1
-  case $1 in
-    ours) bench_run "$out" "$ours" status "$snap" -w json ;;
-    etcdutl) bench_run "$out" "$etcdutl" snapshot status "$snap" -w json ;;
-  esac
-}
-
+# shellcheck disable=SC2034 # used by name in bench_alternate
+cmd_ours=("$ours" status "$snap" -w json)
+# shellcheck disable=SC2034
+cmd_etcdutl=("$etcdutl" snapshot status "$snap" -w json)
 for mode in warm cold; do
-  [ "$mode" = warm ] && cat "$snap" >/dev/null # fill the page cache once
-  for ((i = 1; i <= runs; i++)); do
-    order=("${tools[@]}")
-    if ((i % 2 == 0)) && [ "${#tools[@]}" = 2 ]; then order=("${tools[1]}" "${tools[0]}"); fi
-    for t in "${order[@]}"; do
-      [ "$mode" = cold ] && bench_drop_cache "$snap"
-      run_tool "$t" "$mode"
-    done
-  done
+  bench_alternate "$res" "$mode" "$runs" "$snap" "${tools[@]}"
 done
 
 printf '\nstatus of %s (%s, %s), median of %d runs\n' "$snap" \
   "$(bench_human "$(stat -c %s "$snap")")" "$(jq -r '"revision \(.revision), \(.totalKey) keys"' <<<"$want" 2>/dev/null || echo "$want")" "$runs"
-printf '%-5s  %-20s  %10s  %8s  %14s\n' mode tool "wall (s)" ratio "peak RSS (MiB)"
+bench_table_header
 for mode in warm cold; do
-  read -r base_wall _ < <(bench_summary "$res/$mode-etcdutl")
   for t in "${tools[@]}"; do
-    read -r wall rss < <(bench_summary "$res/$mode-$t")
     name="etcdutl 3.5.30"
     [ "$t" = ours ] && name="etcd-lifeboat"
-    ratio=$(awk -v a="$wall" -v b="$base_wall" 'BEGIN { printf "%.2f", a / b }')
-    printf '%-5s  %-20s  %10s  %8s  %14s\n' "$mode" "$name" "$wall" "$ratio" "$rss"
+    bench_table_row "$mode" "$name" "$res/$mode-$t" "$res/$mode-etcdutl"
   done
 done
 [ "$have_ours" = 1 ] || printf '(etcd-lifeboat not measured: its status failed, see %s)\n' "$res/ours-check.err"

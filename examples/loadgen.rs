@@ -9,7 +9,7 @@
 //! ```text
 //! cargo run --release --example loadgen -- --endpoint https://127.0.0.1:2379 \
 //!     --cacert ca.crt --cert client.crt --key client.key \
-//!     --keys 100000 --value-size 5000 --update-fraction 0.25 --concurrency 8
+//!     --keys 100000 --value-size 5000 --update-fraction 0.7 --concurrency 8
 //! ```
 //!
 //! Every flag can also be given as an environment variable: `--value-size` is `LOADGEN_VALUE_SIZE`.

@@ -249,3 +249,53 @@ fn etcd_dies_with_a_killed_test_process() {
     }
     assert!(!alive(), "etcd {pid} outlived its killed test process");
 }
+
+/// The path restore live tests take: plan the cluster, restore a snapshot with the oracle tool
+/// into one dir per member, start the members on those dirs, read the data back.
+fn restored_cluster_serves_the_snapshot(v: Version, n: usize, peer_tls: bool) {
+    let work = tempfile::tempdir().expect("tempdir");
+    let tls = Tls::temp();
+    let snap = work.path().join("s.db");
+    let revision = {
+        let etcd = Etcd::start(v, &tls, EtcdOpts::default());
+        let populated = runtime().block_on(async {
+            let client = etcd.client().await;
+            populate(&client, &Sample::tiny()).await
+        });
+        save_snapshot(&etcd, &snap);
+        populated.revision
+    };
+    let plan = ClusterPlan::new(n, "lifeboat-restored", peer_tls);
+    let dirs: Vec<_> = (0..n).map(|i| work.path().join(format!("m{i}"))).collect();
+    for (i, dir) in dirs.iter().enumerate() {
+        oracle_restore(v, &snap, &plan, i, dir, &[]);
+    }
+    let cluster = plan.start(v, &tls, Some(&dirs));
+    let last = cluster.members.last().unwrap();
+    let value = last.etcdctl_ok(&["get", "/lifeboat/big/0000", "--print-value-only"]);
+    assert_eq!(
+        value.trim_end().as_bytes(),
+        sample_value(1_000_000, 5 * 1024)
+    );
+    let status = last.etcdctl_ok(&["endpoint", "status", "-w", "json"]);
+    assert!(
+        status.contains(&format!("\"revision\":{revision}")),
+        "{v}: restored revision is not {revision}: {status}"
+    );
+    let members = last.etcdctl_ok(&["member", "list"]);
+    assert_eq!(members.lines().count(), n, "{members}");
+    for i in 0..n {
+        assert!(members.contains(&plan.peer_url(i)), "{members}");
+    }
+    last.etcdctl_ok(&["put", "after-restore", "ok"]);
+}
+
+#[test]
+fn restored_three_member_cluster_3_5_30_http_peers() {
+    restored_cluster_serves_the_snapshot(Version::V3_5_30, 3, false);
+}
+
+#[test]
+fn restored_single_member_3_4_23_tls_peer() {
+    restored_cluster_serves_the_snapshot(Version::V3_4_23, 1, true);
+}

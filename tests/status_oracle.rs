@@ -13,6 +13,8 @@
 //! in the drawing characters) and checks the sample really is what it claims (revision, key count,
 //! size), so a broken harness fails with its own message rather than blaming the engine.
 //!
+//! A fourth test does the same on empty members of every version (spec §7 fixture (a)).
+//!
 //! Failure cases: etcd's own corrupted fixture (bbolt integrity errors) and a snapshot with one
 //! trailer byte flipped (which etcdutl accepts but we must reject) both exit 4.
 
@@ -129,19 +131,19 @@ fn compare(label: &str, file: &Path, want: &Expected) -> Vec<String> {
     problems
 }
 
-/// The whole oracle comparison for snapshots taken from a `server` member.
-fn status_matches_oracles(server: Version) {
-    let work = tempfile::tempdir().expect("tempdir");
+/// A `server` member with the standard sample written (auth on): its saved snapshot and raw db.
+/// Also checks that the files have the structure the sample promises.
+fn sample_snapshots(server: Version, work: &Path) -> (std::path::PathBuf, std::path::PathBuf, i64) {
     let tls = Tls::temp();
     let mut etcd = Etcd::start(server, &tls, EtcdOpts::default());
     let populated = runtime().block_on(async {
         let client = etcd.client().await;
         populate(&client, &Sample::standard()).await
     });
-    let saved = work.path().join("saved.db");
+    let saved = work.join("saved.db");
     // Auth is on now: this also proves `snapshot save` is allowed for the client cert CN=root.
     save_snapshot(&etcd, &saved);
-    let raw = work.path().join("raw.db");
+    let raw = work.join("raw.db");
     copy_raw_db(&mut etcd, &raw);
     assert_eq!(
         std::fs::metadata(&raw).unwrap().len() % 512,
@@ -149,20 +151,76 @@ fn status_matches_oracles(server: Version) {
         "harness: member/snap/db should have no trailer"
     );
 
+    // The sample has every structure the spec's fixture (b) asks for.
+    let shape = bolt_shape(&saved);
+    assert!(
+        matches!(
+            shape.get("key"),
+            Some(BucketShape::Pages {
+                branch_pages: 1..,
+                overflowing_pages: 1..,
+                keys: 10_000..,
+                ..
+            })
+        ),
+        "harness: bucket `key` lacks branch or overflow pages: {shape:?}"
+    );
+    assert!(
+        matches!(shape.get("lease"), Some(BucketShape::Pages { .. }))
+            && matches!(
+                shape.get("authUsers"),
+                Some(BucketShape::Inline { keys: 2.. })
+            ),
+        "harness: want a non-inline `lease` and an inline `authUsers` bucket: {shape:?}"
+    );
+    (saved, raw, populated.revision)
+}
+
+/// The whole oracle comparison for snapshots taken from a `server` member.
+fn status_matches_oracles(server: Version) {
+    let work = tempfile::tempdir().expect("tempdir");
+    let (saved, raw, revision) = sample_snapshots(server, work.path());
     let mut problems = Vec::new();
     for (label, file) in [("saved snapshot", &saved), ("raw member/snap/db", &raw)] {
         let want = oracles(file);
         let s: StatusJson = serde_json::from_str(&want.json).expect("oracle json");
         assert_eq!(
-            s.revision, populated.revision,
-            "harness: {label} from {server} has revision {} but the sample ended at {}",
-            s.revision, populated.revision
+            s.revision, revision,
+            "harness: {label} from {server} has revision {} but the sample ended at {revision}",
+            s.revision
         );
         assert!(
             s.total_key > 10_000 && s.total_size > 1_000_000 && s.hash != 0,
             "harness: {label} from {server} is smaller than the standard sample: {s:?}"
         );
         problems.extend(compare(&format!("{server} {label}"), file, &want));
+    }
+    assert!(
+        problems.is_empty(),
+        "{} mismatch(es):\n\n{}",
+        problems.len(),
+        problems.join("\n\n")
+    );
+}
+
+/// Spec §7 fixture (a): a member nobody wrote to (empty `key` bucket: revision 0), every version.
+#[test]
+fn status_matches_oracles_on_empty_members() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let tls = Tls::temp();
+    let mut problems = Vec::new();
+    for server in Version::all() {
+        let mut etcd = Etcd::start(server, &tls, EtcdOpts::default());
+        let saved = work.path().join(format!("empty-{server}.db"));
+        save_snapshot(&etcd, &saved);
+        let raw = work.path().join(format!("empty-raw-{server}.db"));
+        copy_raw_db(&mut etcd, &raw);
+        for (label, file) in [("saved", &saved), ("raw", &raw)] {
+            let want = oracles(file);
+            let s: StatusJson = serde_json::from_str(&want.json).expect("oracle json");
+            assert_eq!(s.revision, 0, "harness: {label} empty {server}: {s:?}");
+            problems.extend(compare(&format!("empty {server} {label}"), file, &want));
+        }
     }
     assert!(
         problems.is_empty(),
