@@ -131,15 +131,6 @@ impl NodeSummary {
             NodeSummary::Leaf(l) => l.overflow,
         }
     }
-
-    pub fn flags(&self) -> u16 {
-        match self {
-            NodeSummary::Branch { .. } => FLAG_BRANCH,
-            NodeSummary::Leaf(_) => FLAG_LEAF,
-            NodeSummary::Other { flags, .. } => *flags,
-            NodeSummary::Invalid { .. } => 0,
-        }
-    }
 }
 
 /// A set of page ids below a bound, one bit each.
