@@ -9,7 +9,7 @@
 use std::collections::HashSet;
 
 use super::bolt::{leaf_element, page_type_name, Meta, NodeAt, PageHeader, MAX_DEPTH};
-use super::summary::{NodeSummary, Summaries};
+use super::summary::{BranchEntry, NodeSummary, PageSet, Summaries};
 
 /// The freelist as the scan found it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,30 +25,6 @@ pub enum Freelist {
 /// Fetches a node's bytes again for an exact error message; `None` when unavailable.
 pub type Reload<'a> = &'a dyn Fn(u64) -> Option<Vec<u8>>;
 
-struct Bits(Vec<u64>);
-
-impl Bits {
-    fn new(n: u64) -> Bits {
-        Bits(vec![0; usize::try_from(n.div_ceil(64)).unwrap_or(0)])
-    }
-    fn get(&self, i: u64) -> bool {
-        self.0
-            .get((i / 64) as usize)
-            .is_some_and(|w| w & (1 << (i % 64)) != 0)
-    }
-    /// Sets bit `i`; returns whether it was already set. Out of range is ignored.
-    fn set(&mut self, i: u64) -> bool {
-        match self.0.get_mut((i / 64) as usize) {
-            Some(w) => {
-                let was = *w & (1 << (i % 64)) != 0;
-                *w |= 1 << (i % 64);
-                was
-            }
-            None => false,
-        }
-    }
-}
-
 fn stack_str(stack: &[u64]) -> String {
     let ids: Vec<String> = stack.iter().map(u64::to_string).collect();
     format!("[{}]", ids.join(" "))
@@ -58,9 +34,9 @@ struct Checker<'a> {
     pgid: u64,
     nodes: &'a Summaries,
     reload: Reload<'a>,
-    reachable: Bits,
-    freed: Bits,
-    key_order_done: Bits,
+    reachable: PageSet,
+    freed: PageSet,
+    key_order_done: PageSet,
     buckets_checked: HashSet<u64>,
     errors: Vec<String>,
 }
@@ -75,33 +51,34 @@ pub fn check(meta: &Meta, freelist: &Freelist, nodes: &Summaries, reload: Reload
                 if i > 0 && ids[i - 1] == id {
                     c.errors.push(format!("page {id}: already freed"));
                 }
-                c.freed.set(id);
+                c.freed.insert(id);
             }
         }
         Freelist::Unreadable(e) => c.errors.push(e.clone()),
-        Freelist::NotSynced => {
-            // bbolt's db.freepages(): a first walk (errors discarded) decides what is free.
-            let mut first = Checker::new(pgid, nodes, reload);
-            first.check_bucket(meta.root, 0);
-            for i in 2..pgid {
-                if !first.reachable.get(i) {
-                    c.freed.set(i);
-                }
-            }
-        }
+        // bbolt's db.freepages() walks the tree once to call every unreached page in [2, pgid) free,
+        // then Check walks it again. The second walk reaches exactly the same pages, so it can
+        // report no `reachable freed` and no `unreachable unfreed`: one walk, freed filled after.
+        Freelist::NotSynced => {}
     }
-    c.reachable.set(0);
-    c.reachable.set(1);
+    c.reachable.insert(0);
+    c.reachable.insert(1);
     if meta.freelist != super::bolt::NO_FREELIST {
         let overflow = nodes.get(meta.freelist).map_or(0, NodeSummary::overflow);
         let last = meta.freelist.saturating_add(u64::from(overflow));
         for id in meta.freelist..=last.min(pgid.saturating_sub(1)) {
-            c.reachable.set(id);
+            c.reachable.insert(id);
         }
     }
     c.check_bucket(meta.root, 0);
+    if *freelist == Freelist::NotSynced {
+        for i in 2..pgid {
+            if !c.reachable.contains(i) {
+                c.freed.insert(i);
+            }
+        }
+    }
     for i in 0..pgid {
-        if !c.reachable.get(i) && !c.freed.get(i) {
+        if !c.reachable.contains(i) && !c.freed.contains(i) {
             c.errors.push(format!("page {i}: unreachable unfreed"));
         }
     }
@@ -114,9 +91,9 @@ impl<'a> Checker<'a> {
             pgid,
             nodes,
             reload,
-            reachable: Bits::new(pgid),
-            freed: Bits::new(pgid),
-            key_order_done: Bits::new(pgid),
+            reachable: PageSet::new(pgid),
+            freed: PageSet::new(pgid),
+            key_order_done: PageSet::new(pgid),
             buckets_checked: HashSet::new(),
             errors: Vec::new(),
         }
@@ -157,63 +134,93 @@ impl<'a> Checker<'a> {
         }
     }
 
-    /// The `forEachPage` part of `checkBucket`, in bbolt's pre-order.
+    /// The `forEachPage` part of `checkBucket`, in bbolt's pre-order. `path` is the page stack from
+    /// the bucket root (bbolt prints it); `frames` the branches being walked.
     fn for_each_page(&mut self, root: u64) {
-        let mut todo: Vec<Vec<u64>> = vec![vec![root]];
-        while let Some(stack) = todo.pop() {
-            let id = *stack.last().unwrap_or(&0);
-            if id >= self.pgid {
-                self.errors.push(format!(
-                    "page {id}: out of bounds: {} (stack: {})",
-                    self.pgid,
-                    stack_str(&stack)
-                ));
-                continue;
+        let nodes = self.nodes;
+        let mut path: Vec<u64> = Vec::new();
+        let mut frames: Vec<std::slice::Iter<'a, BranchEntry>> = Vec::new();
+        let mut next = Some(root);
+        loop {
+            if let Some(id) = next.take() {
+                path.push(id);
+                if let Some(children) = self.visit_page(id, &path, nodes) {
+                    frames.push(children.iter());
+                    continue;
+                }
+                path.pop();
             }
-            let Some(node) = self.nodes.get(id) else {
-                self.reachable.set(id);
-                self.errors.push(self.unreadable(id));
-                continue;
+            let Some(frame) = frames.last_mut() else {
+                return;
             };
-            let revisit = self.reachable.get(id);
-            let last = id
-                .saturating_add(u64::from(node.overflow()))
-                .min(self.pgid - 1);
-            for pid in id..=last {
-                if self.reachable.set(pid) {
-                    self.errors.push(format!(
-                        "page {pid}: multiple references (stack: {})",
-                        stack_str(&stack)
-                    ));
+            match frame.next() {
+                Some(c) => next = Some(c.child),
+                None => {
+                    frames.pop();
+                    path.pop();
                 }
             }
-            if self.freed.get(id) {
-                self.errors.push(format!("page {id}: reachable freed"));
-            } else if let NodeSummary::Other { flags, .. } = node {
+        }
+    }
+
+    /// One page of `forEachPage`: marks it (and its overflow) reachable and reports what bbolt
+    /// reports. Returns the children to descend into, if it is a branch seen for the first time.
+    fn visit_page(
+        &mut self,
+        id: u64,
+        path: &[u64],
+        nodes: &'a Summaries,
+    ) -> Option<&'a [BranchEntry]> {
+        if id >= self.pgid {
+            self.errors.push(format!(
+                "page {id}: out of bounds: {} (stack: {})",
+                self.pgid,
+                stack_str(path)
+            ));
+            return None;
+        }
+        let Some(node) = nodes.get(id) else {
+            self.reachable.insert(id);
+            self.errors.push(self.unreadable(id));
+            return None;
+        };
+        let revisit = self.reachable.contains(id);
+        let last = id
+            .saturating_add(u64::from(node.overflow()))
+            .min(self.pgid - 1);
+        for pid in id..=last {
+            if self.reachable.insert(pid) {
                 self.errors.push(format!(
-                    "page {id}: invalid type: {} (stack: {})",
-                    page_type_name(*flags),
-                    stack_str(&stack)
+                    "page {pid}: multiple references (stack: {})",
+                    stack_str(path)
                 ));
             }
-            match node {
-                NodeSummary::Invalid { reason, .. } => self.errors.push(reason.clone()),
-                NodeSummary::Branch { children, .. } if !revisit => {
-                    if stack.len() >= MAX_DEPTH {
-                        self.errors.push(format!(
-                            "page {id}: tree deeper than {MAX_DEPTH} levels (stack: {})",
-                            stack_str(&stack)
-                        ));
-                        continue;
-                    }
-                    for c in children.iter().rev() {
-                        let mut s = stack.clone();
-                        s.push(c.child);
-                        todo.push(s);
-                    }
-                }
-                _ => {}
+        }
+        if self.freed.contains(id) {
+            self.errors.push(format!("page {id}: reachable freed"));
+        } else if let NodeSummary::Other { flags, .. } = node {
+            self.errors.push(format!(
+                "page {id}: invalid type: {} (stack: {})",
+                page_type_name(*flags),
+                stack_str(path)
+            ));
+        }
+        match node {
+            NodeSummary::Invalid { reason, .. } => {
+                self.errors.push(reason.clone());
+                None
             }
+            NodeSummary::Branch { children, .. } if !revisit => {
+                if path.len() >= MAX_DEPTH {
+                    self.errors.push(format!(
+                        "page {id}: tree deeper than {MAX_DEPTH} levels (stack: {})",
+                        stack_str(path)
+                    ));
+                    return None;
+                }
+                Some(children)
+            }
+            _ => None,
         }
     }
 
@@ -233,11 +240,11 @@ impl<'a> Checker<'a> {
     fn key_order(
         &mut self,
         id: u64,
-        min: Option<&[u8]>,
-        max: Option<&[u8]>,
+        min: Option<&'a [u8]>,
+        max: Option<&'a [u8]>,
         stack: &mut Vec<u64>,
-    ) -> Option<Vec<u8>> {
-        if id >= self.pgid || self.key_order_done.set(id) || stack.len() >= MAX_DEPTH {
+    ) -> Option<&'a [u8]> {
+        if id >= self.pgid || self.key_order_done.insert(id) || stack.len() >= MAX_DEPTH {
             return None;
         }
         let nodes = self.nodes;
@@ -245,20 +252,12 @@ impl<'a> Checker<'a> {
         let mut result = None;
         match nodes.get(id) {
             Some(NodeSummary::Branch { children, .. }) => {
-                let mut running_min: Option<Vec<u8>> = min.map(<[u8]>::to_vec);
+                let mut running_min = min;
                 for (i, c) in children.iter().enumerate() {
-                    self.verify(
-                        c.child,
-                        "branch",
-                        i,
-                        &c.key,
-                        running_min.as_deref(),
-                        max,
-                        stack,
-                    );
+                    self.verify(c.child, "branch", i, &c.key, running_min, max, stack);
                     let next_max = children.get(i + 1).map(|n| &n.key[..]).or(max);
                     result = self.key_order(c.child, Some(&c.key), next_max, stack);
-                    running_min.clone_from(&result);
+                    running_min = result;
                 }
             }
             Some(NodeSummary::Leaf(l)) => {
@@ -287,7 +286,7 @@ impl<'a> Checker<'a> {
                         ));
                     }
                 }
-                result = last.map(<[u8]>::to_vec);
+                result = last;
             }
             Some(NodeSummary::Other { .. }) => {
                 self.errors
@@ -310,14 +309,15 @@ impl<'a> Checker<'a> {
         max: Option<&[u8]>,
         stack: &[u64],
     ) {
-        let hexk = hex::encode(key);
-        let prev = previous.map(hex::encode).unwrap_or_default();
-        let st = stack_str(stack);
+        let hexk = || hex::encode(key);
+        let prev = || previous.map(hex::encode).unwrap_or_default();
+        let st = || stack_str(stack);
         if index == 0 {
             if let Some(p) = previous {
                 if p > key {
                     self.errors.push(format!(
-                        "the first key[{index}]=(hex){hexk} on {page_type} page({id}) needs to be >= the key in the ancestor ({prev}). Stack: {st}"
+                        "the first key[{index}]=(hex){} on {page_type} page({id}) needs to be >= the key in the ancestor ({}). Stack: {}",
+                        hexk(), prev(), st()
                     ));
                 }
             }
@@ -325,18 +325,21 @@ impl<'a> Checker<'a> {
             let p = previous.unwrap_or_default();
             if p > key {
                 self.errors.push(format!(
-                    "key[{index}]=(hex){hexk} on {page_type} page({id}) needs to be > (found <) than previous element (hex){prev}. Stack: {st}"
+                    "key[{index}]=(hex){} on {page_type} page({id}) needs to be > (found <) than previous element (hex){}. Stack: {}",
+                    hexk(), prev(), st()
                 ));
             } else if p == key {
                 self.errors.push(format!(
-                    "key[{index}]=(hex){hexk} on {page_type} page({id}) needs to be > (found =) than previous element (hex){prev}. Stack: {st}"
+                    "key[{index}]=(hex){} on {page_type} page({id}) needs to be > (found =) than previous element (hex){}. Stack: {}",
+                    hexk(), prev(), st()
                 ));
             }
         }
         if let Some(m) = max {
             if key >= m {
                 self.errors.push(format!(
-                    "key[{index}]=(hex){hexk} on {page_type} page({id}) needs to be < than key of the next element in ancestor (hex){prev}. Pages stack: {st}"
+                    "key[{index}]=(hex){} on {page_type} page({id}) needs to be < than key of the next element in ancestor (hex){}. Pages stack: {}",
+                    hexk(), prev(), st()
                 ));
             }
         }

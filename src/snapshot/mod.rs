@@ -61,6 +61,8 @@ pub enum Trailer {
 
 #[derive(Debug, Clone)]
 pub struct Report {
+    /// The `snapshot status` numbers; only `total_size` is filled when `integrity_errors` is not
+    /// empty (etcdutl computes nothing either).
     pub status: Status,
     pub trailer: Trailer,
     /// bbolt `tx.Check()` errors in etcd's wording, e.g. `page 3: already freed`. Empty = sound.

@@ -106,8 +106,11 @@ pub fn scan_in_chunks<R: ReadAt + ?Sized>(
             ReadError::Io(e) => io(e),
             ReadError::Format(m) => SnapshotError::Format(m),
         });
-        let digests = hasher.join().unwrap_or(([0; 32], [0; 32]));
-        parsed.map(|(nodes, freelist)| (nodes, freelist, digests.0, digests.1))
+        let digests = hasher
+            .join()
+            .map_err(|_| SnapshotError::Format("the sha256 thread failed".into()));
+        let ((nodes, freelist), (db, file)) = (parsed?, digests?);
+        Ok((nodes, freelist, db, file))
     })?;
 
     let reload = |id: u64| reload_node(src, &meta, id);

@@ -178,13 +178,24 @@ pub fn render(s: &Status, w: WriteOut, c: Compat, t: TableStyle) -> String {
             );
             if c == Compat::V36 {
                 j.push_str(",\"version\":");
-                j.push_str(&serde_json::Value::String(s.version.clone()).to_string());
+                j.push_str(&go_json_string(&s.version));
             }
             j.push_str("}\n");
             j
         }
         WriteOut::Table => table(&header, &row, t),
     }
+}
+
+/// A JSON string as Go's `encoding/json` writes it: like serde_json, plus HTML-safe escapes.
+fn go_json_string(v: &str) -> String {
+    serde_json::Value::String(v.to_string())
+        .to_string()
+        .replace('<', "\\u003c")
+        .replace('>', "\\u003e")
+        .replace('&', "\\u0026")
+        .replace('\u{2028}', "\\u2028")
+        .replace('\u{2029}', "\\u2029")
 }
 
 /// olekukonko/tablewriter v0.0.x as etcdutl configures it: centred upper-case headers, right-aligned
@@ -393,6 +404,15 @@ mod tests {
         assert_eq!(
             r(WriteOut::Json, Compat::V36),
             "{\"hash\":1171858519,\"revision\":318,\"totalKey\":310,\"totalSize\":118784,\"version\":\"\"}\n"
+        );
+    }
+
+    #[test]
+    fn json_strings_are_escaped_like_go() {
+        assert_eq!(go_json_string("3.6.0"), "\"3.6.0\"");
+        assert_eq!(
+            go_json_string("3.6.0-a<b>&\"\u{2028}"),
+            "\"3.6.0-a\\u003cb\\u003e\\u0026\\\"\\u2028\""
         );
     }
 

@@ -8,7 +8,6 @@
 //! (first key, child) pairs. Every page that could start a node gets a summary — free pages too,
 //! since which pages are live is only known once the tree is walked.
 
-use std::collections::HashSet;
 use std::hash::{Hash, Hasher};
 
 use super::bolt::{
@@ -132,13 +131,32 @@ impl NodeSummary {
             NodeSummary::Leaf(l) => l.overflow,
         }
     }
+}
 
-    pub fn flags(&self) -> u16 {
-        match self {
-            NodeSummary::Branch { .. } => FLAG_BRANCH,
-            NodeSummary::Leaf(_) => FLAG_LEAF,
-            NodeSummary::Other { flags, .. } => *flags,
-            NodeSummary::Invalid { .. } => 0,
+/// A set of page ids below a bound, one bit each.
+pub struct PageSet(Vec<u64>);
+
+impl PageSet {
+    pub fn new(pgid: u64) -> PageSet {
+        PageSet(vec![0; usize::try_from(pgid.div_ceil(64)).unwrap_or(0)])
+    }
+
+    pub fn contains(&self, id: u64) -> bool {
+        self.0
+            .get((id / 64) as usize)
+            .is_some_and(|w| w & (1 << (id % 64)) != 0)
+    }
+
+    /// Adds `id`; returns whether it was already there. Ids out of range are never added and
+    /// always reported as present, so a walk does not follow them.
+    pub fn insert(&mut self, id: u64) -> bool {
+        match self.0.get_mut((id / 64) as usize) {
+            Some(w) => {
+                let was = *w & (1 << (id % 64)) != 0;
+                *w |= 1 << (id % 64);
+                was
+            }
+            None => true,
         }
     }
 }
@@ -295,12 +313,12 @@ pub fn leaves_in_order<'a>(
     root: u64,
     mut f: impl FnMut(u64, &'a LeafSummary) -> Result<(), String>,
 ) -> Result<(), String> {
-    let mut visited = HashSet::new();
+    let mut visited = PageSet::new(nodes.index.len() as u64);
     let mut stack: Vec<(&'a [BranchEntry], usize)> = Vec::new();
     let mut next = Some(root);
     loop {
         if let Some(id) = next.take() {
-            if visited.insert(id) && stack.len() < MAX_DEPTH {
+            if !visited.insert(id) && stack.len() < MAX_DEPTH {
                 match nodes.get(id) {
                     Some(NodeSummary::Leaf(l)) => f(id, l)?,
                     Some(NodeSummary::Branch { children, .. }) => stack.push((children, 0)),
