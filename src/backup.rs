@@ -66,13 +66,14 @@ impl BackupConfig {
         {
             "none" => Compression::None,
             _ => {
-                let level = env.u64("LIFEBOAT_ZSTD_LEVEL", 3)?;
-                if !(1..=19).contains(&level) {
-                    return Err(Error::Config(format!(
-                        "LIFEBOAT_ZSTD_LEVEL: expected 1 to 19, got {level}"
-                    )));
+                let raw = env.get("LIFEBOAT_ZSTD_LEVEL").unwrap_or("1");
+                let level: i32 = raw.parse().ok().filter(|l| (-7..=19).contains(l)).ok_or_else(|| {
+                    Error::Config(format!("LIFEBOAT_ZSTD_LEVEL: expected -7 (fastest) to 19 (smallest), got {raw:?}"))
+                })?;
+                if level == 0 {
+                    return Err(Error::Config("LIFEBOAT_ZSTD_LEVEL: 0 is not a level; use 1 (fast, the default) or higher".into()));
                 }
-                Compression::Zstd(level as i32)
+                Compression::Zstd(level)
             }
         };
         let spool_dir = env.path("LIFEBOAT_SPOOL_DIR", "/tmp");
@@ -143,8 +144,8 @@ fn compress(src: &GrowingFile, out: File, dest: &Path, level: i32) -> Result<(u6
     };
     let mut enc =
         zstd::stream::Encoder::new(&mut w, level).map_err(|e| io("compressing into", e))?;
-    // One zstd worker beside this reading thread: the verifier and the stream need the other core.
-    let _ = enc.multithread(1);
+    // Single-threaded on purpose: the stream and the verifier need the other core, and zstd's
+    // multithreaded mode holds ~40 MiB of job buffers.
     let mut input = ReadAtCursor {
         src,
         off: 0,
