@@ -17,7 +17,7 @@ use std::sync::{Arc, Condvar, Mutex};
 
 use crate::error::{Error, Result};
 use crate::etcd::SnapshotSink;
-use crate::fsutil::{commit_file, create_private, Progress, RemoveOnDrop};
+use crate::fsutil::{commit_file, create_private, Progress, RemoveOnDrop, WritebackAhead};
 use crate::snapshot::cursor::ReadAt;
 
 pub const TRAILER_LEN: u64 = 32;
@@ -107,7 +107,7 @@ impl ReadAt for GrowingFile {
 pub struct Spool {
     part: RemoveOnDrop,
     dest: PathBuf,
-    out: File,
+    out: WritebackAhead,
     db_len: Option<u64>,
     written: u64,
     growth: Arc<Growth>,
@@ -136,7 +136,7 @@ impl Spool {
     pub fn create(dir: &Path, name: &str, progress: Progress) -> Result<Self> {
         let dest = dir.join(name);
         let part_path = dir.join(format!("{name}.part"));
-        let out = create_private(&part_path)?;
+        let out = WritebackAhead::new(create_private(&part_path)?);
         Ok(Spool {
             part: RemoveOnDrop::new(part_path),
             dest,
@@ -175,7 +175,7 @@ impl Spool {
                 self.written - db_len
             )));
         }
-        commit_file(&self.out, self.part.path(), &self.dest)?;
+        commit_file(self.out.get_ref(), self.part.path(), &self.dest)?;
         std::mem::replace(&mut self.part, RemoveOnDrop::disarmed()).disarm();
         self.growth.update(|s| s.finished = Some(true));
         let dest = self.dest.clone();

@@ -31,7 +31,9 @@ enum Msg {
     Failed(String),
 }
 
+/// A batch is sent when it holds this many entries or bytes: memory in flight stays ~8 MiB.
 const BATCH: usize = 1024;
+const BATCH_BYTES: usize = 1 << 20;
 
 #[derive(Debug, Clone)]
 pub struct Built {
@@ -69,6 +71,7 @@ fn spawn_reader(src: PathBuf, names: Vec<Vec<u8>>) -> Receiver<Msg> {
                     continue;
                 };
                 let mut batch = Vec::with_capacity(BATCH);
+                let mut batch_bytes = 0usize;
                 bolt.for_each_in(b, |k, v, nested| {
                     if nested {
                         return Err(crate::snapshot::SnapshotError::Format(format!(
@@ -78,7 +81,9 @@ fn spawn_reader(src: PathBuf, names: Vec<Vec<u8>>) -> Receiver<Msg> {
                         )));
                     }
                     batch.push((k.to_vec(), v.to_vec()));
-                    if batch.len() == BATCH {
+                    batch_bytes += k.len() + v.len();
+                    if batch.len() == BATCH || batch_bytes >= BATCH_BYTES {
+                        batch_bytes = 0;
                         let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
                         tx.send(Msg::Batch(full)).map_err(|_| {
                             crate::snapshot::SnapshotError::Format("writer stopped".into())
@@ -134,6 +139,55 @@ impl Iterator for BucketEntries<'_> {
             }
         }
     }
+}
+
+/// The latest main revision in the snapshot: the first 8 bytes of the last key of bucket `key`,
+/// found by a rightmost descent (a few reads), so a build can start before the full scan ends.
+pub fn latest_revision(snapshot: &Path) -> Result<u64> {
+    use crate::snapshot::bolt::{branch_element, leaf_element, NodeAt, PageHeader, FLAG_LEAF};
+    let bad = |e: String| Error::Verify(format!("{}: {e}", snapshot.display()));
+    let bolt = BoltFile::open(snapshot).map_err(|e| bad(e.to_string()))?;
+    let buckets = bolt.buckets().map_err(|e| bad(e.to_string()))?;
+    let Some(key) = buckets.iter().find(|b| b.name == b"key") else {
+        return Ok(0);
+    };
+    let (mut node, mut at) = match &key.inline {
+        Some(bytes) => (bytes.clone(), None),
+        None => (
+            bolt.read_node(key.root).map_err(|e| bad(e.to_string()))?,
+            Some(key.root),
+        ),
+    };
+    for _ in 0..64 {
+        let here = match at {
+            Some(id) => NodeAt::Page(id),
+            None => NodeAt::Inline(&node),
+        };
+        let h = PageHeader::parse(&node)
+            .ok_or_else(|| bad("bucket key: node header runs past the data".into()))?;
+        if h.count == 0 {
+            return Ok(0);
+        }
+        let last = usize::from(h.count) - 1;
+        if h.flags & FLAG_LEAF != 0 {
+            let e = leaf_element(&node, last, here).map_err(bad)?;
+            let main = e
+                .key
+                .get(..8)
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map(u64::from_be_bytes);
+            return main.ok_or_else(|| {
+                bad(format!(
+                    "bucket key: last key {} is not a revision",
+                    hex::encode(e.key)
+                ))
+            });
+        }
+        let child = branch_element(&node, last, here).map_err(bad)?.child;
+        node = bolt.read_node(child).map_err(|e| bad(e.to_string()))?;
+        at = Some(child);
+    }
+    Err(bad("bucket key: tree deeper than 64 levels".into()))
 }
 
 /// Write the restored `db` for `plan` into `dest` (created 0600).

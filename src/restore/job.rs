@@ -222,23 +222,28 @@ impl Marker {
     }
 }
 
-/// A verified snapshot on local disk (removed afterwards when we downloaded it).
+/// A snapshot on local disk: verified already when it came from the store (catalog::verify), not
+/// yet when it is a local file (then verification runs beside the build, see `run`).
 struct Fetched {
     path: PathBuf,
     _guard: Option<RemoveOnDrop>,
-    report: Report,
+    report: Option<Report>,
     label: String,
+}
+
+async fn inspect_blocking(path: &Path) -> Result<Report> {
+    let p = path.to_path_buf();
+    tokio::task::spawn_blocking(move || snapshot::inspect(&p))
+        .await
+        .map_err(|e| Error::Internal(format!("worker thread failed: {e}")))?
+        .map_err(|e| Error::Verify(format!("{}: {e}", path.display())))
 }
 
 async fn fetch(cfg: &RestoreConfig) -> Result<Fetched> {
     match &cfg.source {
         Source::File(p) => {
-            let path = p.clone();
-            let report = tokio::task::spawn_blocking(move || snapshot::inspect(&path))
-                .await
-                .map_err(|e| Error::Internal(format!("worker thread failed: {e}")))?
-                .map_err(|e| Error::Verify(format!("{}: {e}", p.display())))?;
-            Ok(Fetched { path: p.clone(), _guard: None, report, label: p.display().to_string() })
+            std::fs::metadata(p).map_err(|e| Error::Config(format!("LIFEBOAT_RESTORE_SOURCE: cannot read {}: {e}", p.display())))?;
+            Ok(Fetched { path: p.clone(), _guard: None, report: None, label: p.display().to_string() })
         }
         Source::Catalog { store, cluster, which } => {
             let store = Store::open(store)?;
@@ -246,7 +251,7 @@ async fn fetch(cfg: &RestoreConfig) -> Result<Fetched> {
             let m = catalog::select(&cat, Some(which))?;
             tracing::info!(backup = %m.backup_id, store = %store.describe(), "fetching and verifying backup");
             let (guard, report) = catalog::verify(&store, m, &cfg.spool_dir).await?;
-            Ok(Fetched { path: guard.path().to_path_buf(), _guard: Some(guard), report, label: format!("{}/{}", cluster, m.backup_id) })
+            Ok(Fetched { path: guard.path().to_path_buf(), _guard: Some(guard), report: Some(report), label: format!("{}/{}", cluster, m.backup_id) })
         }
         Source::Url(u) => Err(Error::Config(format!(
             "LIFEBOAT_RESTORE_SOURCE: {}: restoring from a URL is not built yet in this version; download the snapshot and give its path",
@@ -286,16 +291,26 @@ pub struct Outcome {
 }
 
 /// Plan, print the plan, then execute. `now` stamps the moved-aside directory.
+///
+/// Nothing existing is touched before the snapshot is fully verified: for a local file the
+/// verification (one sequential pass: sha256, bbolt check, status) runs *beside* the build into the
+/// staging dir, and the swap happens only after both succeeded.
 pub async fn run(cfg: &RestoreConfig, now: SystemTime) -> Result<Outcome> {
     let plan = ClusterPlan::new(&cfg.name, &cfg.initial_cluster, &cfg.peer_urls, &cfg.token)
         .map_err(|e| Error::Config(e.to_string()))?;
     install::ensure_not_in_use(&cfg.data_dir)?;
-    let fetched = fetch(cfg).await?;
-    check_snapshot(&fetched.report, cfg.skip_hash_check)?;
-    let status = &fetched.report.status;
+    let mut fetched = fetch(cfg).await?;
+    let old_marker =
+        install::read_marker(&cfg.data_dir).and_then(|s| serde_json::from_str::<Marker>(&s).ok());
+    if fetched.report.is_none() && (old_marker.is_some() || cfg.dry_run) {
+        fetched.report = Some(inspect_blocking(&fetched.path).await?);
+    }
+    if let Some(r) = &fetched.report {
+        check_snapshot(r, cfg.skip_hash_check)?;
+    }
     let bump = (cfg.bump_revision > 0).then_some(cfg.bump_revision);
-    let marker = Marker {
-        db_sha256: hex::encode(fetched.report.db_sha256),
+    let marker_for = |r: &Report| Marker {
+        db_sha256: hex::encode(r.db_sha256),
         name: cfg.name.clone(),
         member_id: format_id(plan.local_id),
         cluster_id: format_id(plan.cluster_id),
@@ -306,19 +321,29 @@ pub async fn run(cfg: &RestoreConfig, now: SystemTime) -> Result<Outcome> {
         moved_aside: None,
     };
     let live_member = cfg.data_dir.join("member");
-    if let Some(old) =
-        install::read_marker(&cfg.data_dir).and_then(|s| serde_json::from_str::<Marker>(&s).ok())
-    {
-        if old.same_restore(&marker) && live_member.join("wal").exists() {
+    if let (Some(old), Some(r)) = (&old_marker, &fetched.report) {
+        if old.same_restore(&marker_for(r)) && live_member.join("wal").exists() {
             tracing::info!(data_dir = %cfg.data_dir.display(), restored_at = %old.restored_at, "this data dir was already restored from this snapshot with these settings: nothing to do");
             return Ok(Outcome {
-                marker: old,
+                marker: old.clone(),
                 already_done: true,
                 dry_run: cfg.dry_run,
             });
         }
     }
-    let needed = fetched.report.db_len + crate::restore::wal::WAL_SEGMENT_SIZE + (64 << 20);
+    let latest = match &fetched.report {
+        Some(r) => u64::try_from(r.status.revision).unwrap_or(0),
+        None => {
+            let p = fetched.path.clone();
+            tokio::task::spawn_blocking(move || crate::restore::build::latest_revision(&p))
+                .await
+                .map_err(|e| Error::Internal(format!("worker thread failed: {e}")))??
+        }
+    };
+    let file_len = std::fs::metadata(&fetched.path)
+        .map_err(|e| Error::io(format!("reading {}", fetched.path.display()), e))?
+        .len();
+    let needed = file_len + crate::restore::wal::WAL_SEGMENT_SIZE + (64 << 20);
     let existing = if live_member.exists() {
         format!(
             "moved aside to {}/member.pre-restore-{}",
@@ -328,6 +353,12 @@ pub async fn run(cfg: &RestoreConfig, now: SystemTime) -> Result<Outcome> {
     } else {
         "none (empty target)".to_string()
     };
+    let keys = fetched
+        .report
+        .as_ref()
+        .map_or("verified during the build".to_string(), |r| {
+            format!("{} keys", r.status.total_key)
+        });
     let members: Vec<String> = plan
         .members
         .iter()
@@ -335,11 +366,9 @@ pub async fn run(cfg: &RestoreConfig, now: SystemTime) -> Result<Outcome> {
         .collect();
     for line in [
         format!(
-            "snapshot:        {} (revision {}, {} keys, {})",
+            "snapshot:        {} (revision {latest}, {keys}, {})",
             fetched.label,
-            status.revision,
-            status.total_key,
-            mib(fetched.report.db_len)
+            mib(file_len)
         ),
         format!(
             "member:          {} id {} peer URLs {}",
@@ -367,6 +396,11 @@ pub async fn run(cfg: &RestoreConfig, now: SystemTime) -> Result<Outcome> {
     }
     if cfg.dry_run {
         println!("plan: LIFEBOAT_DRY_RUN=true: nothing was changed");
+        let marker = fetched
+            .report
+            .as_ref()
+            .map(marker_for)
+            .ok_or_else(|| Error::Internal("dry run without a verified snapshot".into()))?;
         return Ok(Outcome {
             marker,
             already_done: false,
@@ -378,13 +412,27 @@ pub async fn run(cfg: &RestoreConfig, now: SystemTime) -> Result<Outcome> {
     let staging_guard = RemoveOnDrop::new(staging.clone());
     let (snap, member_dir) = (fetched.path.clone(), staging.join("member"));
     let wal_dir = member_dir.join("wal");
-    let latest = u64::try_from(status.revision).unwrap_or(0);
     let plan2 = plan.clone();
-    let built = tokio::task::spawn_blocking(move || {
+    let build = tokio::task::spawn_blocking(move || {
         build_member(&snap, &member_dir, &wal_dir, &plan2, bump, latest)
-    })
-    .await
-    .map_err(|e| Error::Internal(format!("worker thread failed: {e}")))??;
+    });
+    let verify = async {
+        match fetched.report.take() {
+            Some(r) => Ok(r),
+            None => inspect_blocking(&fetched.path).await,
+        }
+    };
+    let (built, report) = tokio::join!(build, verify);
+    // A verification failure explains a build failure on the same bytes: report it first.
+    let report = report?;
+    check_snapshot(&report, cfg.skip_hash_check)?;
+    if u64::try_from(report.status.revision).unwrap_or(0) != latest {
+        return Err(Error::Verify(format!(
+            "the snapshot's revision {} differs from its last key's revision {latest}: the file changed while it was read",
+            report.status.revision
+        )));
+    }
+    let built = built.map_err(|e| Error::Internal(format!("worker thread failed: {e}")))??;
     tracing::info!(db_bytes = built.db_bytes, keys = built.keys, bumped_revision = ?built.bumped_revision, "member dir built in staging");
     let swapped = install::swap(&cfg.data_dir, &staging, &crate::manifest::compact_utc(now))?;
     staging_guard.disarm();
@@ -393,7 +441,7 @@ pub async fn run(cfg: &RestoreConfig, now: SystemTime) -> Result<Outcome> {
             .moved_aside
             .as_ref()
             .map(|p| p.display().to_string()),
-        ..marker
+        ..marker_for(&report)
     };
     install::write_marker(
         &cfg.data_dir,

@@ -329,6 +329,9 @@ struct Elem<'a> {
 /// One B+tree, built bottom-up while streaming. `levels[0]` is the leaf being filled, `levels[i]`
 /// the branch being filled at height i; a node is written as soon as the next element would not
 /// fit, and its (first key, pgid) goes up one level.
+/// Largest node, in pages, built from several big elements (a single element may be larger).
+const MAX_NODE_PAGES: usize = 16;
+
 #[derive(Default)]
 struct TreeBuilder {
     levels: Vec<Pending>,
@@ -366,7 +369,13 @@ impl TreeBuilder {
         let esize = Pending::elem_size(level, key, value);
         let full = {
             let p = &self.levels[level];
-            !p.elems.is_empty() && (p.size + esize > sink.page_size || p.elems.len() >= MAX_COUNT)
+            let ps = sink.page_size;
+            let total = p.size + esize;
+            // Big values: a leaf that spans several pages anyway keeps taking elements (up to
+            // MAX_NODE_PAGES pages), so each 5 KiB value does not waste most of a second page.
+            let overflowing = level == 0 && (p.size > ps || esize > ps / 2);
+            let limit = if overflowing { ps * MAX_NODE_PAGES } else { ps };
+            !p.elems.is_empty() && (total > limit || p.elems.len() >= MAX_COUNT)
         };
         if full {
             self.emit(sink, level)?;
