@@ -443,7 +443,11 @@ fn compare_restores(ours: &Path, theirs: &Path, a: &Args, v34: bool, what: &str)
         assert_eq!(orecs.len(), trecs.len(), "{what}: WAL record count");
         assert_eq!(orecs.len(), 5 + n, "{what}: WAL record count");
         let last = orecs.len() - 1;
-        assert_eq!(orecs[..last], trecs[..last], "{what}: WAL records before the last");
+        assert_eq!(
+            orecs[..last],
+            trecs[..last],
+            "{what}: WAL records before the last"
+        );
         let (ol, tl) = (&orecs[last], &trecs[last]);
         assert_eq!((ol.record_type, tl.record_type), (5, 5));
         let od = ol.data.as_deref().unwrap();
@@ -464,7 +468,10 @@ fn compare_restores(ours: &Path, theirs: &Path, a: &Args, v34: bool, what: &str)
         );
         // Both are zero after the records, up to 64,000,000 bytes.
         let end = |buf: &[u8]| buf.iter().rposition(|&b| b != 0).unwrap_or(0) + 1;
-        assert!(end(&ow) < 4096 && end(&tw) < 4096, "{what}: WAL tail not zero");
+        assert!(
+            end(&ow) < 4096 && end(&tw) < 4096,
+            "{what}: WAL tail not zero"
+        );
     }
 
     // Databases.
@@ -477,7 +484,11 @@ fn compare_restores(ours: &Path, theirs: &Path, a: &Args, v34: bool, what: &str)
     if !v34 {
         assert_eq!(os["hash"], ts["hash"], "{what}: status hash");
         assert_eq!(os["totalKey"], ts["totalKey"], "{what}: status totalKey");
-        assert!(od == td, "{what}: databases differ: {}", dump_diff(&od, &td));
+        assert!(
+            od == td,
+            "{what}: databases differ: {}",
+            dump_diff(&od, &td)
+        );
     } else {
         // 3.4 keeps the old cluster's `members` entries and writes no `meta/term` (§3.4).
         let ours_members = od.remove(&b"members".to_vec()).unwrap();
@@ -554,7 +565,12 @@ fn byte_compat(v: Version) {
     let tmp = tempfile::tempdir().unwrap();
     let three = peers(3, "https", 23801);
     let mut cases: Vec<(&str, PathBuf, Args, Version)> = vec![
-        ("1 member, defaults", src.snap.clone(), Args::default_member(), v),
+        (
+            "1 member, defaults",
+            src.snap.clone(),
+            Args::default_member(),
+            v,
+        ),
         (
             "3 members, custom token",
             src.snap.clone(),
@@ -608,7 +624,11 @@ fn byte_compat(v: Version) {
                 "json",
             ))
             .unwrap();
-            assert_eq!(st["revision"].as_i64().unwrap(), src.rev + b as i64, "{what}");
+            assert_eq!(
+                st["revision"].as_i64().unwrap(),
+                src.rev + b as i64,
+                "{what}"
+            );
         }
         // 64 MB WALs: free them as we go.
         let _ = fs::remove_dir_all(&o);
@@ -693,7 +713,11 @@ fn live_3_5_30_three_members_without_bump() {
         assert_eq!(leader(m), l, "{} sees another leader", m.name());
     }
     for m in &members {
-        assert!(get_kvs(m) == src.kvs, "{}: kvs differ from the source", m.name());
+        assert!(
+            get_kvs(m) == src.kvs,
+            "{}: kvs differ from the source",
+            m.name()
+        );
         assert_eq!(hashkv(m, src.rev), src.hashkv, "{}: hashkv", m.name());
         assert_eq!(lease_list(m), src.leases, "{}: leases", m.name());
         assert_eq!(m.etcdctl_ok(&["user", "list"]), src.users, "{}", m.name());
@@ -779,7 +803,10 @@ fn pvc_like_target_with_siblings_old_member_retry_and_lock() {
     let a = one_member(port);
     let out = ours_ok(&src.snap, &data, &a);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("plan: existing member: moved aside"), "{stdout}");
+    assert!(
+        stdout.contains("plan: existing member: moved aside"),
+        "{stdout}"
+    );
     // The old member was moved aside intact; siblings untouched.
     let aside: Vec<PathBuf> = fs::read_dir(&data)
         .unwrap()
@@ -793,7 +820,10 @@ fn pvc_like_target_with_siblings_old_member_retry_and_lock() {
         })
         .collect();
     assert_eq!(aside.len(), 1, "{aside:?}");
-    assert!(tree(&aside[0]) == old, "moved-aside member differs from the old one");
+    assert!(
+        tree(&aside[0]) == old,
+        "moved-aside member differs from the old one"
+    );
     assert_eq!(fs::read(data.join(".keep")).unwrap(), b"dotfile");
     assert_eq!(
         fs::read(data.join("lost+found/#1234")).unwrap(),
@@ -832,6 +862,7 @@ fn pvc_like_target_with_siblings_old_member_retry_and_lock() {
 
     // While etcd runs: refused, nothing changes.
     let before = tree(&data);
+    let member_ino = fs::metadata(data.join("member")).unwrap().ino();
     let mut other = a.clone();
     other.token = "another-token".into();
     let out = ours(&src.snap, &data, &other);
@@ -842,12 +873,22 @@ fn pvc_like_target_with_siblings_old_member_retry_and_lock() {
         describe(&out)
     );
     etcd.stop();
-    // (etcd wrote to its db and WAL meanwhile: compare with what it left after stopping.)
-    let after_stop = tree(&data);
+    // etcd itself changes `member/` while it runs (and removes its `wal/0.tmp` on stop), so
+    // compare everything else, and that `member` is still the same directory.
+    let outside_member = |t: &BTreeMap<String, (u32, u64, Vec<u8>)>| {
+        t.iter()
+            .filter(|(k, _)| !k.starts_with("member/"))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect::<BTreeMap<_, _>>()
+    };
+    assert!(
+        outside_member(&tree(&data)) == outside_member(&before),
+        "the refused restore changed the data dir"
+    );
     assert_eq!(
-        before.keys().collect::<Vec<_>>(),
-        after_stop.keys().collect::<Vec<_>>(),
-        "the refused restore added or removed files"
+        fs::metadata(data.join("member")).unwrap().ino(),
+        member_ino,
+        "the refused restore replaced member/"
     );
     assert_clean_log(&etcd);
 
@@ -894,7 +935,7 @@ fn target_without_room_is_refused_before_anything_moves() {
     let mnt = tmp.path().join("tiny");
     fs::create_dir_all(&mnt).unwrap();
     let st = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=16m", "tmpfs"])
+        .args(["-t", "tmpfs", "-o", "size=24m", "tmpfs"])
         .arg(&mnt)
         .status();
     if !matches!(st, Ok(s) if s.success()) {
@@ -908,7 +949,15 @@ fn target_without_room_is_refused_before_anything_moves() {
         }
     }
     let _u = Unmount(mnt.clone());
-    copy_dir(&src.member, &mnt.join("member"));
+    // An old member (its db; the 64 MB WAL would not fit) and a sibling.
+    fs::create_dir_all(mnt.join("member/snap")).unwrap();
+    fs::create_dir_all(mnt.join("member/wal")).unwrap();
+    fs::copy(&src.raw, mnt.join("member/snap/db")).unwrap();
+    fs::write(
+        mnt.join("member/wal/0000000000000000-0000000000000000.wal"),
+        b"old wal",
+    )
+    .unwrap();
     fs::write(mnt.join(".keep"), b"x").unwrap();
     let before = tree(&mnt);
     let out = ours(&src.snap, &mnt, &one_member(alloc_port()));
