@@ -137,9 +137,12 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
+/// Relative path → (mode, size, sha256 of the contents for files).
+type Tree = BTreeMap<String, (u32, u64, Vec<u8>)>;
+
 /// Every file and dir under `root` (relative path → (mode, size, sha of contents for files)).
-fn tree(root: &Path) -> BTreeMap<String, (u32, u64, Vec<u8>)> {
-    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, (u32, u64, Vec<u8>)>) {
+fn tree(root: &Path) -> Tree {
+    fn walk(root: &Path, dir: &Path, out: &mut Tree) {
         let mut entries: Vec<_> = fs::read_dir(dir).unwrap().flatten().collect();
         entries.sort_by_key(|e| e.file_name());
         for e in entries {
@@ -491,7 +494,7 @@ fn compare_restores(ours: &Path, theirs: &Path, a: &Args, v34: bool, what: &str)
         );
     } else {
         // 3.4 keeps the old cluster's `members` entries and writes no `meta/term` (§3.4).
-        let ours_members = od.remove(&b"members".to_vec()).unwrap();
+        let ours_members = od.remove(b"members".as_slice()).unwrap();
         let ids: Vec<Vec<u8>> = ours_members.iter().map(|(k, _)| k.clone()).collect();
         let want: Vec<Vec<u8>> = plan
             .members
@@ -501,19 +504,19 @@ fn compare_restores(ours: &Path, theirs: &Path, a: &Args, v34: bool, what: &str)
             .into_iter()
             .collect();
         assert_eq!(ids, want, "{what}: our members bucket");
-        let theirs_members = td.remove(&b"members".to_vec()).unwrap_or_default();
+        let theirs_members = td.remove(b"members".as_slice()).unwrap_or_default();
         let source_members = dump(&source(Version::V3_4_23).raw)
-            .remove(&b"members".to_vec())
+            .remove(b"members".as_slice())
             .unwrap_or_default();
         assert_eq!(
             theirs_members, source_members,
             "{what}: 3.4 keeps the stale members"
         );
-        let meta = od.get_mut(&b"meta".to_vec()).unwrap();
+        let meta = od.get_mut(b"meta".as_slice()).unwrap();
         let at = meta.iter().position(|(k, _)| k == b"term").unwrap();
         assert_eq!(meta.remove(at).1, 1u64.to_be_bytes().to_vec());
         for d in [&mut od, &mut td] {
-            d.remove(&b"members_removed".to_vec());
+            d.remove(b"members_removed".as_slice());
         }
         assert!(
             od == td,
@@ -671,7 +674,7 @@ fn restore_and_start(
         .map(|p| format!("{scheme}://127.0.0.1:{p}"))
         .collect();
     let mut members = Vec::new();
-    for i in 0..n {
+    for (i, &port) in ports.iter().enumerate() {
         let data = tmp.join(format!("m{i}"));
         let args = Args {
             bump,
@@ -687,7 +690,7 @@ fn restore_and_start(
                 initial_cluster_token: Some("live-token".into()),
                 data_dir: Some(data),
                 peer_tls,
-                peer_port: Some(ports[i]),
+                peer_port: Some(port),
                 ..Default::default()
             },
         ));
@@ -875,7 +878,7 @@ fn pvc_like_target_with_siblings_old_member_retry_and_lock() {
     etcd.stop();
     // etcd itself changes `member/` while it runs (and removes its `wal/0.tmp` on stop), so
     // compare everything else, and that `member` is still the same directory.
-    let outside_member = |t: &BTreeMap<String, (u32, u64, Vec<u8>)>| {
+    let outside_member = |t: &Tree| {
         t.iter()
             .filter(|(k, _)| !k.starts_with("member/"))
             .map(|(k, v)| (k.clone(), v.clone()))
