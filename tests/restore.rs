@@ -908,6 +908,42 @@ fn pvc_like_target_with_siblings_old_member_retry_and_lock() {
         "{stdout}"
     );
     assert!(tree(&data) == before, "dry run changed the data dir");
+    let fresh = tmp.path().join("never-created");
+    let out = ours_cmd(&src.snap, &fresh, &other)
+        .env("LIFEBOAT_DRY_RUN", "true")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(!fresh.exists(), "dry run created the data dir");
+
+    // A different restore (another token: other IDs) into the same dir is not a retry: the
+    // restored member is moved aside in turn, the first moved-aside dir stays as it was.
+    let first_aside = tree(&aside[0]);
+    let out = ours_ok(&src.snap, &data, &other);
+    let asides = fs::read_dir(&data)
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("member.pre-restore-")
+        })
+        .count();
+    assert_eq!(asides, 2, "{}", describe(&out));
+    assert!(tree(&aside[0]) == first_aside);
+    let marker: Value =
+        serde_json::from_str(&fs::read_to_string(data.join(".lifeboat-restore.json")).unwrap())
+            .unwrap();
+    assert_eq!(marker["token"], "another-token");
+    let etcd = start_single(&data, &other, port);
+    let list: Value =
+        serde_json::from_str(&etcd.etcdctl_ok(&["member", "list", "-w", "json"])).unwrap();
+    let id = list["members"][0]["ID"].as_u64().unwrap();
+    assert_eq!(format!("{id:x}"), marker["member_id"].as_str().unwrap());
+    let cid = list["header"]["cluster_id"].as_u64().unwrap();
+    assert_eq!(format!("{cid:x}"), marker["cluster_id"].as_str().unwrap());
+    assert!(get_kvs(&etcd) == src.kvs);
+    assert_clean_log(&etcd);
 }
 
 #[test]
