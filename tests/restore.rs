@@ -1192,3 +1192,86 @@ fn indexed_job_template_builds_one_cluster() {
         assert_clean_log(m);
     }
 }
+
+#[test]
+fn killed_restore_leaves_old_member_and_a_rerun_succeeds() {
+    let src = source(Version::V3_5_30);
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    copy_dir(&src.member, &data.join("member"));
+    // A leftover staging dir from an earlier killed run is only ever our own partial output.
+    fs::create_dir_all(data.join(".lifeboat-staging/member/snap")).unwrap();
+    fs::write(data.join(".lifeboat-staging/member/snap/db"), b"partial").unwrap();
+    let old = tree(&data.join("member"));
+    let a = one_member(alloc_port());
+    for delay_ms in (0..40u64).map(|i| 5 + i * 10) {
+        let mut child = ours_cmd(&src.snap, &data, &a)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        let _ = child.kill();
+        let status = child.wait().unwrap();
+        // Whatever the moment: the old member is intact, as `member/` or moved aside next to a
+        // complete new one (the swap is two renames; the marker comes last).
+        let t = tree(&data);
+        let intact_as = |prefix: &str| {
+            let sub: Tree = t
+                .iter()
+                .filter_map(|(k, v)| {
+                    k.strip_prefix(&format!("{prefix}/"))
+                        .map(|r| (r.to_string(), v.clone()))
+                })
+                .collect();
+            sub == old
+        };
+        let aside = t
+            .keys()
+            .filter(|k| !k.contains('/') && k.starts_with("member.pre-restore-"))
+            .any(|k| intact_as(k));
+        assert!(
+            intact_as("member") || (aside && t.contains_key("member/snap/db")),
+            "after kill at {delay_ms} ms ({status}): {:?}",
+            t.keys().collect::<Vec<_>>()
+        );
+        eprintln!(
+            "killed after {delay_ms} ms ({status}): old member {}",
+            if intact_as("member") {
+                "still in place"
+            } else {
+                "moved aside"
+            }
+        );
+        if !intact_as("member") {
+            break; // the restore got through; the re-run below is a retry
+        }
+    }
+    ours_ok(&src.snap, &data, &a);
+    assert!(!data.join(".lifeboat-staging").exists());
+    let t = tree(&data);
+    let asides: Vec<&String> = t
+        .keys()
+        .filter(|k| !k.contains('/') && k.starts_with("member.pre-restore-"))
+        .collect();
+    // One moved-aside dir holds the old member (a kill between the swap and the marker would
+    // make the re-run move the new member aside too: harmless, nothing is ever deleted).
+    let intact: Vec<bool> = asides
+        .iter()
+        .map(|a| {
+            let sub: Tree = t
+                .iter()
+                .filter_map(|(k, v)| {
+                    k.strip_prefix(&format!("{a}/"))
+                        .map(|r| (r.to_string(), v.clone()))
+                })
+                .collect();
+            sub == old
+        })
+        .collect();
+    assert_eq!(intact.iter().filter(|x| **x).count(), 1, "{asides:?}");
+    let port: u16 = a.peer_urls.rsplit(':').next().unwrap().parse().unwrap();
+    let etcd = start_single(&data, &a, port);
+    assert!(get_kvs(&etcd) == src.kvs);
+    assert_clean_log(&etcd);
+}
