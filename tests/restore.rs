@@ -1369,3 +1369,90 @@ fn killed_restore_leaves_old_member_and_a_rerun_succeeds() {
     assert!(get_kvs(&etcd) == src.kvs);
     assert_clean_log(&etcd);
 }
+
+// ---------------------------------------------------------------------------------------------
+// 6. From a store: `latest` and a backup id
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn restore_latest_and_by_id_from_a_file_store() {
+    let v = Version::V3_5_30;
+    let tmp = tempfile::tempdir().unwrap();
+    let (store, spool) = (tmp.path().join("store"), tmp.path().join("spool"));
+    fs::create_dir_all(&spool).unwrap();
+    let mut etcd = Etcd::start(v, tls(), EtcdOpts::default());
+    runtime().block_on(async {
+        populate(&etcd.client().await, &Sample::tiny()).await;
+    });
+    let backup = |etcd: &Etcd| {
+        let out = lifeboat()
+            .arg("backup")
+            .env("LIFEBOAT_ETCD_ENDPOINTS", etcd.client_url())
+            .env("LIFEBOAT_ETCD_CACERT", &tls().ca)
+            .env("LIFEBOAT_ETCD_CERT", &tls().client.cert)
+            .env("LIFEBOAT_ETCD_KEY", &tls().client.key)
+            .env("LIFEBOAT_STORE", format!("file://{}", store.display()))
+            .env("LIFEBOAT_CLUSTER_NAME", "prod")
+            .env("LIFEBOAT_SPOOL_DIR", &spool)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "backup: {}", describe(&out));
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    let first_id = backup(&etcd);
+    let first_kvs = get_kvs(&etcd);
+    etcd.etcdctl_ok(&["put", "/later", "x"]);
+    // No writes between these two: the same logical database.
+    let saved = tmp.path().join("saved.db");
+    save_snapshot(&etcd, &saved);
+    let latest_id = backup(&etcd);
+    assert_ne!(first_id, latest_id);
+    etcd.stop();
+
+    let a = Args::cluster("m1", &peers(3, "https", 26801), "from-the-store");
+    let from_store = |which: &str, data: &Path| {
+        let out = ours_cmd(Path::new("/unused"), data, &a)
+            .env("LIFEBOAT_RESTORE_SOURCE", which)
+            .env("LIFEBOAT_STORE", format!("file://{}", store.display()))
+            .env("LIFEBOAT_CLUSTER_NAME", "prod")
+            .env("LIFEBOAT_SPOOL_DIR", &spool)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "restore {which}: {}", describe(&out));
+    };
+    let (o, t) = (tmp.path().join("ours"), tmp.path().join("theirs"));
+    from_store("latest", &o);
+    oracle_ok(v, &saved, &t, &a);
+    compare_restores(&o, &t, &a, false, "restore latest from a file store");
+    // (The backup's lock file stays, by design; downloaded snapshots must not.)
+    let leftovers: Vec<_> = fs::read_dir(&spool)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.ends_with(".lock"))
+        .collect();
+    assert!(leftovers.is_empty(), "spool dir not cleaned: {leftovers:?}");
+
+    // By id: the first backup, which lacks /later; started as a single member, without bump.
+    let single = one_member(alloc_port());
+    let d1 = tmp.path().join("single");
+    let out = ours_cmd(Path::new("/unused"), &d1, &single)
+        .env("LIFEBOAT_RESTORE_SOURCE", &first_id)
+        .env("LIFEBOAT_STORE", format!("file://{}", store.display()))
+        .env("LIFEBOAT_CLUSTER_NAME", "prod")
+        .env("LIFEBOAT_SPOOL_DIR", &spool)
+        .env("LIFEBOAT_BUMP_REVISION", "0")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", describe(&out));
+    let p: u16 = single
+        .peer_urls
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let restored = start_single(&d1, &single, p);
+    assert!(get_kvs(&restored) == first_kvs, "restore by id: kvs");
+    assert_clean_log(&restored);
+}
