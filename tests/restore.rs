@@ -1183,6 +1183,27 @@ fn errors_mean_what_etcdutls_mean() {
         &["expected sha256"],
     );
 
+    // A database that fails bbolt's consistency check (etcd's own test fixture) is refused
+    // before anything is written, even with skip-hash-check (etcdutl restore does not check).
+    let corrupted =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/corrupted_backup.db");
+    let data = tmp.path().join("corrupted");
+    let out = ours(
+        &corrupted,
+        &data,
+        &Args {
+            skip_hash_check: true,
+            ..Args::default_member()
+        },
+    );
+    assert_eq!(out.status.code(), Some(EXIT_VERIFY), "{}", describe(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("integrity check failed") && err.contains("already freed"),
+        "{err}"
+    );
+    assert!(!data.exists());
+
     // `{index}` without an index: a config error before anything else.
     let data = tmp.path().join("idx");
     let out = ours_cmd(&src.snap, &data, &Args::default_member())
