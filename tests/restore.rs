@@ -960,6 +960,14 @@ fn pvc_like_target_with_siblings_old_member_retry_and_lock() {
     // While etcd runs: refused, nothing changes.
     let before = tree(&data);
     let member_ino = fs::metadata(data.join("member")).unwrap().ino();
+    // ... except a retry of the very restore etcd now runs on (a Job pod retried after etcd
+    // started): the marker says it is done, so it is a no-op success, not a failed Job.
+    let out = ours(&src.snap, &data, &a);
+    assert!(
+        out.status.success(),
+        "retry while etcd runs: {}",
+        describe(&out)
+    );
     let mut other = a.clone();
     other.token = "another-token".into();
     let out = ours(&src.snap, &data, &other);
@@ -1476,4 +1484,34 @@ fn restore_latest_and_by_id_from_a_file_store() {
     let restored = start_single(&d1, &single, p);
     assert!(get_kvs(&restored) == first_kvs, "restore by id: kvs");
     assert_clean_log(&restored);
+}
+
+#[test]
+fn running_member_never_restored_is_refused_at_once() {
+    let src = source(Version::V3_5_30);
+    let mut etcd = Etcd::start(Version::V3_5_30, tls(), EtcdOpts::default());
+    let data = etcd.data_dir().to_path_buf();
+    let ino = fs::metadata(data.join("member")).unwrap().ino();
+    let top = |d: &Path| -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(d)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    let before = top(&data);
+    let out = ours(&src.snap, &data, &one_member(alloc_port()));
+    assert_eq!(out.status.code(), Some(EXIT_RESTORE), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("is locked by a running etcd: stop the etcd member first"),
+        "{}",
+        describe(&out)
+    );
+    assert_eq!(top(&data), before);
+    assert_eq!(fs::metadata(data.join("member")).unwrap().ino(), ino);
+    assert!(etcd.is_running());
+    etcd.stop();
 }

@@ -289,7 +289,13 @@ pub struct Outcome {
 pub async fn run(cfg: &RestoreConfig, now: SystemTime) -> Result<Outcome> {
     let plan = ClusterPlan::new(&cfg.name, &cfg.initial_cluster, &cfg.peer_urls, &cfg.token)
         .map_err(|e| Error::Config(e.to_string()))?;
-    install::ensure_not_in_use(&cfg.data_dir)?;
+    // Fail fast on a member in use (before a long download), unless our marker is there: a Job
+    // retried after etcd started on the restored dir must be a no-op success, decided below.
+    if let Err(e) = install::ensure_not_in_use(&cfg.data_dir) {
+        if install::read_marker(&cfg.data_dir).is_none() {
+            return Err(e);
+        }
+    }
     let fetched = fetch(cfg).await?;
     check_snapshot(&fetched.report, cfg.skip_hash_check)?;
     let status = &fetched.report.status;
@@ -318,6 +324,7 @@ pub async fn run(cfg: &RestoreConfig, now: SystemTime) -> Result<Outcome> {
             });
         }
     }
+    install::ensure_not_in_use(&cfg.data_dir)?;
     let needed = fetched.report.db_len + crate::restore::wal::WAL_SEGMENT_SIZE + (64 << 20);
     let existing = if live_member.exists() {
         format!(
