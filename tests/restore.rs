@@ -309,8 +309,11 @@ fn ours_cmd(src: &Path, data: &Path, a: &Args) -> std::process::Command {
         .env("LIFEBOAT_INITIAL_CLUSTER_TOKEN", &a.token)
         .env("LIFEBOAT_INITIAL_ADVERTISE_PEER_URLS", &a.peer_urls)
         .env("LIFEBOAT_SKIP_HASH_CHECK", a.skip_hash_check.to_string())
-        .env("LIFEBOAT_BUMP_REVISION", a.bump.unwrap_or(0).to_string())
         .env("LIFEBOAT_SPOOL_DIR", std::env::temp_dir());
+    // A bump of BUMP is our default: leave LIFEBOAT_BUMP_REVISION (and _MARK_COMPACTED) unset.
+    if a.bump != Some(BUMP) {
+        cmd.env("LIFEBOAT_BUMP_REVISION", a.bump.unwrap_or(0).to_string());
+    }
     cmd
 }
 
@@ -821,6 +824,30 @@ fn live_3_5_30_three_members_without_bump() {
     }
     let r = assert_write_replicates(&members, "/after/restore");
     assert_eq!(r, src.rev + 1, "first write after a restore without bump");
+    for m in &members {
+        assert_clean_log(m);
+    }
+}
+
+#[test]
+fn live_3_5_30_three_members_with_default_bump() {
+    let v = Version::V3_5_30;
+    let src = source(v);
+    let tmp = tempfile::tempdir().unwrap();
+    // The default: LIFEBOAT_BUMP_REVISION unset means +1,000,000,000 and mark compacted.
+    let members = restore_and_start(v, src, tmp.path(), 3, Some(BUMP), false);
+    for m in &members {
+        assert!(get_kvs(m) == src.kvs, "{}: kvs", m.name());
+        let old = m.etcdctl(&["get", "", "--prefix", &format!("--rev={}", src.rev)]);
+        assert!(
+            String::from_utf8_lossy(&old.stderr).contains("required revision has been compacted"),
+            "{}: {}",
+            m.name(),
+            describe(&old)
+        );
+    }
+    let r = assert_write_replicates(&members, "/after/bump");
+    assert_eq!(r, src.rev + BUMP as i64 + 1, "first write after the bump");
     for m in &members {
         assert_clean_log(m);
     }
