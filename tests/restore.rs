@@ -1,15 +1,26 @@
 //! `etcd-lifeboat restore` proven against the real tools (spec §3, §7.3–§7.4).
 //!
-//! - Byte compatibility: our restore and the version's own `etcdutl snapshot restore` (3.5.30,
-//!   3.5.1) or `etcdctl snapshot restore` (3.4.23) on the same snapshot file, from servers of each
-//!   version populated with [`Sample::standard`]: WAL and `.snap` byte-identical, databases equal
-//!   bucket by bucket (and in `snapshot status` hash/revision/totalKey), names/modes/sizes as §3.7.
-//! - Live: stock etcd 3.5.30, 3.5.1 and 3.4.23 members started on our output (1 and 3 members).
-//! - Targets like PVCs: siblings, moved-aside member, Job retry, locked db, dry run, full disk.
-//! - Errors with the same meaning as etcdutl's, and the documented exit codes.
-//! - Indexed-Job templates (`{index}`) giving the members of one cluster.
+//! - Byte compatibility (`byte_compat_*`): our restore and the version's own `etcdutl snapshot
+//!   restore` (3.5.30, 3.5.1) or `etcdctl snapshot restore` (3.4.23) on the same file, for snapshots
+//!   streamed from servers of each version populated with [`Sample::standard`] and for the raw
+//!   `member/snap/db` (skip-hash-check): 1 and 3 members, custom tokens, no bump vs the plain
+//!   oracle, bump vs etcdutl 3.5.30 `--bump-revision --mark-compacted`. WAL (all 64,000,000 bytes)
+//!   and `.snap` byte-identical; databases equal bucket by bucket and in `snapshot status`
+//!   hash/revision/totalKey; names, modes and sizes as §3.7. Against 3.4's etcdctl the documented
+//!   differences (§3.4: stale `members`, no `meta/term`, no ConfState in the last WAL record) are
+//!   asserted exactly and everything else must be equal. Edge cases: empty snapshot, several
+//!   unsorted peer URLs per member, JSON-escaped names, a URL with a path.
+//! - Live (`live_*`): stock etcd 3.5.30, 3.5.1 and 3.4.23 members started on our output (1 and 3
+//!   members): leader, kvs, hashkv, leases, users, replication, bump semantics, clean logs.
+//! - Targets like PVCs: siblings (`lost+found`, dotfiles), old member moved aside intact, Job
+//!   retry (also while etcd runs on the result), locked db, dry run, full disk (tmpfs, as root),
+//!   HyperShift-style nested data dir, SIGKILL at any moment.
+//! - Errors with the same meaning as etcdutl's, and the exit codes (2 config, 4 verify, 6 restore).
+//! - Indexed-Job templates (`{index}`) giving the members of one cluster; `latest` and a backup id
+//!   from a `file://` store.
 //!
-//! Source snapshots are made once per etcd version per test process and shared by all tests.
+//! Source snapshots are made once per etcd version per test process and shared by all tests
+//! (under the temp dir, removed at exit). Every etcd is killed when its test ends.
 
 mod common;
 
@@ -88,8 +99,27 @@ fn source(v: Version) -> &'static Source {
     CELLS[i].get_or_init(|| make_source(v))
 }
 
+extern "C" fn remove_own_sources() {
+    let Ok(rd) = fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    let prefix = format!("lifeboat-restore-src-{}-", std::process::id());
+    for e in rd.flatten() {
+        if e.file_name().to_string_lossy().starts_with(&prefix) {
+            let _ = fs::remove_dir_all(e.path());
+        }
+    }
+}
+
 fn make_source(v: Version) -> Source {
-    remove_stale_sources();
+    static CLEANUP: std::sync::Once = std::sync::Once::new();
+    CLEANUP.call_once(|| {
+        remove_stale_sources();
+        // SAFETY: registering a plain extern "C" fn; the test harness exits through exit(3).
+        unsafe {
+            libc::atexit(remove_own_sources);
+        }
+    });
     let dir = std::env::temp_dir().join(format!("lifeboat-restore-src-{}-{v}", std::process::id()));
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir).unwrap();
