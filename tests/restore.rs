@@ -886,13 +886,28 @@ fn live_3_5_30_three_members_with_default_bump() {
 fn live_version(v: Version) {
     let src = source(v);
     let tmp = tempfile::tempdir().unwrap();
-    for n in [1, 3] {
+    // 1 member with the default bump, 3 members (peer TLS) without.
+    for (n, bump) in [(1, Some(BUMP)), (3, None)] {
         let dir = tmp.path().join(format!("n{n}"));
-        let members = restore_and_start(v, src, &dir, n, None, n == 3);
+        let members = restore_and_start(v, src, &dir, n, bump, n == 3);
         for m in &members {
             assert!(get_kvs(m) == src.kvs, "{v} {}: kvs differ", m.name());
         }
-        assert_write_replicates(&members, "/after/restore");
+        let r = assert_write_replicates(&members, "/after/restore");
+        assert_eq!(
+            r,
+            src.rev + bump.unwrap_or(0) as i64 + 1,
+            "{v}: first write"
+        );
+        if bump.is_some() {
+            let old = members[0].etcdctl(&["get", "", "--prefix", &format!("--rev={}", src.rev)]);
+            assert!(
+                String::from_utf8_lossy(&old.stderr)
+                    .contains("required revision has been compacted"),
+                "{v}: {}",
+                describe(&old)
+            );
+        }
         for m in &members {
             assert_clean_log(m);
         }
