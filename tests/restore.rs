@@ -966,6 +966,8 @@ fn pvc_like_target_with_siblings_old_member_retry_and_lock() {
     fs::write(data.join("lost+found/#1234"), b"fsck leftovers").unwrap();
     fs::write(data.join(".keep"), b"dotfile").unwrap();
     copy_dir(&src.member, &data.join("member"));
+    fs::set_permissions(&data, fs::Permissions::from_mode(0o2775)).unwrap();
+    let pvc_mode = fs::metadata(&data).unwrap().mode() & 0o7777;
     let old = tree(&data.join("member"));
 
     let port = alloc_port();
@@ -994,6 +996,9 @@ fn pvc_like_target_with_siblings_old_member_retry_and_lock() {
         "moved-aside member differs from the old one"
     );
     assert_eq!(fs::read(data.join(".keep")).unwrap(), b"dotfile");
+    // An existing data dir (a PVC root, often 0755 or 2775 with fsGroup) keeps its mode, as
+    // with etcdutl.
+    assert_eq!(fs::metadata(&data).unwrap().mode() & 0o7777, pvc_mode);
     assert_eq!(
         fs::read(data.join("lost+found/#1234")).unwrap(),
         b"fsck leftovers"
