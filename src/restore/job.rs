@@ -298,7 +298,13 @@ pub struct Outcome {
 pub async fn run(cfg: &RestoreConfig, now: SystemTime) -> Result<Outcome> {
     let plan = ClusterPlan::new(&cfg.name, &cfg.initial_cluster, &cfg.peer_urls, &cfg.token)
         .map_err(|e| Error::Config(e.to_string()))?;
-    install::ensure_not_in_use(&cfg.data_dir)?;
+    // Fail fast on a member in use (before a long download), unless our marker is there: a Job
+    // retried after etcd started on the restored dir must be a no-op success, decided below.
+    if let Err(e) = install::ensure_not_in_use(&cfg.data_dir) {
+        if install::read_marker(&cfg.data_dir).is_none() {
+            return Err(e);
+        }
+    }
     let mut fetched = fetch(cfg).await?;
     let old_marker =
         install::read_marker(&cfg.data_dir).and_then(|s| serde_json::from_str::<Marker>(&s).ok());
@@ -331,6 +337,7 @@ pub async fn run(cfg: &RestoreConfig, now: SystemTime) -> Result<Outcome> {
             });
         }
     }
+    install::ensure_not_in_use(&cfg.data_dir)?;
     let latest = match &fetched.report {
         Some(r) => u64::try_from(r.status.revision).unwrap_or(0),
         None => {
