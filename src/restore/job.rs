@@ -222,6 +222,23 @@ impl Marker {
     }
 }
 
+/// Removes a directory on drop if it is empty (a data dir this run created and then failed to fill).
+struct RemoveEmptyDir(Option<PathBuf>);
+
+impl RemoveEmptyDir {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for RemoveEmptyDir {
+    fn drop(&mut self) {
+        if let Some(d) = &self.0 {
+            let _ = std::fs::remove_dir(d);
+        }
+    }
+}
+
 /// A snapshot on local disk: verified already when it came from the store (catalog::verify), not
 /// yet when it is a local file (then verification runs beside the build, see `run`).
 struct Fetched {
@@ -260,16 +277,25 @@ async fn fetch(cfg: &RestoreConfig) -> Result<Fetched> {
     }
 }
 
+/// etcdutl's error for a file without the sha256 trailer.
+fn missing_hash() -> Error {
+    Error::Verify("snapshot missing hash but --skip-hash-check=false (a raw member/snap/db has no sha256 trailer: set LIFEBOAT_SKIP_HASH_CHECK=true to restore it)".into())
+}
+
 /// etcdutl's rules for the trailer (spec §1.4), plus the integrity check.
 fn check_snapshot(report: &Report, skip_hash_check: bool) -> Result<()> {
     match &report.trailer {
-        Trailer::Absent if !skip_hash_check => {
-            return Err(Error::Verify("snapshot missing hash but --skip-hash-check=false (a raw member/snap/db has no sha256 trailer: set LIFEBOAT_SKIP_HASH_CHECK=true to restore it)".into()))
-        }
+        Trailer::Absent if !skip_hash_check => return Err(missing_hash()),
         Trailer::Mismatch { stored, computed } if !skip_hash_check => {
-            return Err(Error::Verify(format!("expected sha256 {}, got {}: the snapshot file is damaged", hex::encode(stored), hex::encode(computed))))
+            return Err(Error::Verify(format!(
+                "expected sha256 {}, got {}: the snapshot file is damaged",
+                hex::encode(stored),
+                hex::encode(computed)
+            )))
         }
-        Trailer::Mismatch { .. } => tracing::warn!("sha256 trailer does not match, accepted because LIFEBOAT_SKIP_HASH_CHECK=true"),
+        Trailer::Mismatch { .. } => tracing::warn!(
+            "sha256 trailer does not match, accepted because LIFEBOAT_SKIP_HASH_CHECK=true"
+        ),
         _ => {}
     }
     if !report.integrity_errors.is_empty() {
@@ -414,6 +440,12 @@ pub async fn run(cfg: &RestoreConfig, now: SystemTime) -> Result<Outcome> {
             dry_run: true,
         });
     }
+    // A missing trailer is visible from the size alone: refuse it before building anything.
+    if fetched.report.is_none() && file_len % 512 != 32 && !cfg.skip_hash_check {
+        return Err(missing_hash());
+    }
+    // A data dir we create is removed again (when still empty) if the restore fails.
+    let created_dir = RemoveEmptyDir((!cfg.data_dir.exists()).then(|| cfg.data_dir.clone()));
     install::ensure_writable_with_room(&cfg.data_dir, needed)?;
     let staging = install::fresh_staging(&cfg.data_dir)?;
     let staging_guard = RemoveOnDrop::new(staging.clone());
@@ -443,6 +475,7 @@ pub async fn run(cfg: &RestoreConfig, now: SystemTime) -> Result<Outcome> {
     tracing::info!(db_bytes = built.db_bytes, keys = built.keys, bumped_revision = ?built.bumped_revision, "member dir built in staging");
     let swapped = install::swap(&cfg.data_dir, &staging, &crate::manifest::compact_utc(now))?;
     staging_guard.disarm();
+    created_dir.disarm();
     let marker = Marker {
         moved_aside: swapped
             .moved_aside
