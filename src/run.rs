@@ -90,13 +90,16 @@ fn with_runtime<T>(work: impl Future<Output = Result<T>>) -> Result<T> {
         .build()
         .map_err(|e| Error::io("starting the async runtime", e))?;
     let out = rt.block_on(async {
-        tokio::select! {
+        let out = tokio::select! {
             r = work => r,
             sig = crate::shutdown::signal() => {
                 tracing::warn!(signal = %sig, "interrupted: cleaning up");
                 Err(Error::Interrupted(sig))
             }
-        }
+        };
+        // Dropped work may have left cleanups running (e.g. aborting a multipart upload).
+        crate::shutdown::finish_cleanups(Duration::from_secs(20)).await;
+        out
     });
     rt.shutdown_timeout(Duration::from_secs(5));
     out
