@@ -62,7 +62,11 @@ impl BackupConfig {
             _ => "zstd",
         };
         let compression = match env
-            .choice("LIFEBOAT_COMPRESSION", default_compression, &["zstd", "none"])?
+            .choice(
+                "LIFEBOAT_COMPRESSION",
+                default_compression,
+                &["zstd", "none"],
+            )?
             .as_str()
         {
             "none" => Compression::None,
@@ -309,7 +313,9 @@ pub async fn run(cfg: &BackupConfig, clock: &(dyn Fn() -> SystemTime + Sync)) ->
             return Err(e);
         }
     } else {
-        tracing::warn!("no manifest stored: set LIFEBOAT_MANIFEST_URL to a second presigned URL to keep one");
+        tracing::warn!(
+            "no manifest stored: set LIFEBOAT_MANIFEST_URL to a second presigned URL to keep one"
+        );
     }
     if caps.manifest && caps.read_back {
         let back = Manifest::from_json(&manifest_key, &store.get_bytes(&manifest_key).await?)?;
@@ -344,14 +350,24 @@ mod tests {
     #[test]
     fn presigned_urls_get_the_raw_snapshot_unless_compression_is_set() {
         let url = "https://h/b/snap.db?X-Amz-Signature=abc";
-        assert_eq!(cfg(&[("LIFEBOAT_STORE", url)]).compression, Compression::None);
+        assert_eq!(
+            cfg(&[("LIFEBOAT_STORE", url)]).compression,
+            Compression::None
+        );
         assert_eq!(
             cfg(&[("LIFEBOAT_STORE", url), ("LIFEBOAT_COMPRESSION", "zstd")]).compression,
             Compression::Zstd(3)
         );
-        assert_eq!(cfg(&[("LIFEBOAT_STORE", "file:///b")]).compression, Compression::Zstd(3));
         assert_eq!(
-            cfg(&[("LIFEBOAT_STORE", "s3://bucket/p"), ("AWS_REGION", "eu-west-1")]).compression,
+            cfg(&[("LIFEBOAT_STORE", "file:///b")]).compression,
+            Compression::Zstd(3)
+        );
+        assert_eq!(
+            cfg(&[
+                ("LIFEBOAT_STORE", "s3://bucket/p"),
+                ("AWS_REGION", "eu-west-1")
+            ])
+            .compression,
             Compression::Zstd(3)
         );
     }

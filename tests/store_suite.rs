@@ -239,7 +239,14 @@ async fn serve(
         }
     };
     if let Some(code) = status {
-        return Ok(xml_error(code, if code == 403 { "AccessDenied" } else { "InvalidRequest" }));
+        return Ok(xml_error(
+            code,
+            if code == 403 {
+                "AccessDenied"
+            } else {
+                "InvalidRequest"
+            },
+        ));
     }
     if take_one(&f.stall_next) || (is_part && f.stall_parts.load(Ordering::SeqCst)) {
         tokio::time::sleep(Duration::from_secs(30)).await;
@@ -258,7 +265,9 @@ async fn serve(
         return Ok(http::Response::builder()
             .status(200)
             .header("content-type", "text/html")
-            .body(s3s::Body::from("<!DOCTYPE html><html><body>Sign in</body></html>".to_string()))
+            .body(s3s::Body::from(
+                "<!DOCTYPE html><html><body>Sign in</body></html>".to_string(),
+            ))
             .unwrap());
     }
     if is_part {
@@ -368,7 +377,9 @@ impl Harness for Presigned {
 
 /// Deterministic, not-compressible-by-accident bytes.
 fn data(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     (0..len)
         .map(|_| {
             x ^= x << 13;
@@ -394,13 +405,38 @@ async fn put_file_round_trip(h: &impl Harness) {
     ] {
         let bytes = data(len, len as u64);
         let src = write_tmp(tmp.path(), "src", &bytes);
-        let meta = h.store(Op::Put, key).await.put_file(key, &src).await.unwrap();
-        assert_eq!((meta.key.as_str(), meta.size), (key, len as u64), "{}", h.name());
+        let meta = h
+            .store(Op::Put, key)
+            .await
+            .put_file(key, &src)
+            .await
+            .unwrap();
+        assert_eq!(
+            (meta.key.as_str(), meta.size),
+            (key, len as u64),
+            "{}",
+            h.name()
+        );
         let dest = tmp.path().join("dest");
-        let n = h.store(Op::Get, key).await.get_to_file(key, &dest).await.unwrap();
+        let n = h
+            .store(Op::Get, key)
+            .await
+            .get_to_file(key, &dest)
+            .await
+            .unwrap();
         assert_eq!(n, len as u64, "{}", h.name());
-        assert!(std::fs::read(&dest).unwrap() == bytes, "{}: {key} differs", h.name());
-        let head = h.store(Op::Get, key).await.head(key).await.unwrap().unwrap();
+        assert!(
+            std::fs::read(&dest).unwrap() == bytes,
+            "{}: {key} differs",
+            h.name()
+        );
+        let head = h
+            .store(Op::Get, key)
+            .await
+            .head(key)
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(head.size, len as u64, "{}", h.name());
         std::fs::remove_file(&dest).unwrap();
         std::fs::remove_file(&src).unwrap();
@@ -412,7 +448,12 @@ async fn put_bytes_round_trip(h: &impl Harness) {
         ("c/b1/manifest.json", &b"{\"format_version\":1}"[..]),
         ("c/b2/empty", &b""[..]),
     ] {
-        let meta = h.store(Op::Put, key).await.put_bytes(key, bytes).await.unwrap();
+        let meta = h
+            .store(Op::Put, key)
+            .await
+            .put_bytes(key, bytes)
+            .await
+            .unwrap();
         assert_eq!(meta.size, bytes.len() as u64);
         let back = h.store(Op::Get, key).await.get_bytes(key).await.unwrap();
         assert_eq!(back, bytes, "{}: {key}", h.name());
@@ -421,7 +462,11 @@ async fn put_bytes_round_trip(h: &impl Harness) {
 
 async fn head_present_and_absent(h: &impl Harness) {
     let key = "c/b/here";
-    h.store(Op::Put, key).await.put_bytes(key, b"12345").await.unwrap();
+    h.store(Op::Put, key)
+        .await
+        .put_bytes(key, b"12345")
+        .await
+        .unwrap();
     let m = h.store(Op::Get, key).await.head(key).await.unwrap();
     assert_eq!(m.map(|m| m.size), Some(5), "{}", h.name());
     for absent in ["c/b/not-here", "nowhere/at/all"] {
@@ -432,12 +477,27 @@ async fn head_present_and_absent(h: &impl Harness) {
 
 async fn overwrite_replaces(h: &impl Harness) {
     let key = "c/b/over";
-    h.store(Op::Put, key).await.put_bytes(key, b"first version, longer").await.unwrap();
-    h.store(Op::Put, key).await.put_bytes(key, b"second").await.unwrap();
-    assert_eq!(h.store(Op::Get, key).await.get_bytes(key).await.unwrap(), b"second");
+    h.store(Op::Put, key)
+        .await
+        .put_bytes(key, b"first version, longer")
+        .await
+        .unwrap();
+    h.store(Op::Put, key)
+        .await
+        .put_bytes(key, b"second")
+        .await
+        .unwrap();
+    assert_eq!(
+        h.store(Op::Get, key).await.get_bytes(key).await.unwrap(),
+        b"second"
+    );
     let tmp = tempfile::tempdir().unwrap();
     let src = write_tmp(tmp.path(), "f", b"third, from a file");
-    h.store(Op::Put, key).await.put_file(key, &src).await.unwrap();
+    h.store(Op::Put, key)
+        .await
+        .put_file(key, &src)
+        .await
+        .unwrap();
     assert_eq!(
         h.store(Op::Get, key).await.get_bytes(key).await.unwrap(),
         b"third, from a file",
@@ -450,7 +510,11 @@ async fn get_missing_is_a_clear_error(h: &impl Harness) {
     let key = "c/missing-backup/snapshot.db";
     let tmp = tempfile::tempdir().unwrap();
     let errs = [
-        h.store(Op::Get, key).await.get_bytes(key).await.unwrap_err(),
+        h.store(Op::Get, key)
+            .await
+            .get_bytes(key)
+            .await
+            .unwrap_err(),
         h.store(Op::Get, key)
             .await
             .get_to_file(key, &tmp.path().join("x"))
@@ -460,7 +524,11 @@ async fn get_missing_is_a_clear_error(h: &impl Harness) {
     for e in errs {
         assert!(matches!(e, Error::Store(_)), "{}: {e:?}", h.name());
         let msg = e.to_string();
-        assert!(msg.contains("missing-backup/snapshot.db"), "{}: {msg}", h.name());
+        assert!(
+            msg.contains("missing-backup/snapshot.db"),
+            "{}: {msg}",
+            h.name()
+        );
         assert!(
             msg.contains("no such object") || msg.contains("No such file"),
             "{}: {msg}",
@@ -470,9 +538,19 @@ async fn get_missing_is_a_clear_error(h: &impl Harness) {
 }
 
 async fn list_by_prefix(h: &impl Harness) {
-    let keys = ["c1/b1/snapshot.db", "c1/b1/manifest.json", "c1/b2/x/y/z", "c10/b/m", "c2/b/m"];
+    let keys = [
+        "c1/b1/snapshot.db",
+        "c1/b1/manifest.json",
+        "c1/b2/x/y/z",
+        "c10/b/m",
+        "c2/b/m",
+    ];
     for k in keys {
-        h.store(Op::Put, k).await.put_bytes(k, k.as_bytes()).await.unwrap();
+        h.store(Op::Put, k)
+            .await
+            .put_bytes(k, k.as_bytes())
+            .await
+            .unwrap();
     }
     let store = h.store(Op::Get, "c1/").await;
     if !store.capabilities().list {
@@ -492,13 +570,22 @@ async fn list_by_prefix(h: &impl Harness) {
         .map(|k| (k.to_string(), k.len() as u64))
         .collect();
     assert_eq!(got, want, "{}", h.name());
-    assert_eq!(store.list("").await.unwrap().len(), keys.len(), "{}", h.name());
+    assert_eq!(
+        store.list("").await.unwrap().len(),
+        keys.len(),
+        "{}",
+        h.name()
+    );
     assert!(store.list("nothing/").await.unwrap().is_empty());
 }
 
 async fn delete_removes(h: &impl Harness) {
     let key = "c/b/doomed";
-    h.store(Op::Put, key).await.put_bytes(key, b"x").await.unwrap();
+    h.store(Op::Put, key)
+        .await
+        .put_bytes(key, b"x")
+        .await
+        .unwrap();
     let store = h.store(Op::Get, key).await;
     if !store.capabilities().delete {
         let e = store.delete(key).await.unwrap_err().to_string();
@@ -513,7 +600,11 @@ async fn delete_removes(h: &impl Harness) {
 async fn bad_keys_are_refused(h: &impl Harness) {
     let store = h.store(Op::Put, "k").await;
     for bad in ["", "/abs", "a/../b", "a//b"] {
-        assert!(store.put_bytes(bad, b"x").await.is_err(), "{}: {bad:?}", h.name());
+        assert!(
+            store.put_bytes(bad, b"x").await.is_err(),
+            "{}: {bad:?}",
+            h.name()
+        );
     }
 }
 
@@ -550,7 +641,11 @@ async fn s3_wrong_secret_is_a_clear_auth_error_and_is_not_retried() {
     let store = server
         .s3_store(&[("AWS_SECRET_ACCESS_KEY", "not-the-secret")])
         .await;
-    let e = store.put_bytes("c/b/m", b"x").await.unwrap_err().to_string();
+    let e = store
+        .put_bytes("c/b/m", b"x")
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(
         e.contains("authentication failed (SignatureDoesNotMatch)")
             && e.contains("check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY"),
@@ -559,7 +654,9 @@ async fn s3_wrong_secret_is_a_clear_auth_error_and_is_not_retried() {
     assert!(!e.contains("not-the-secret"), "{e}");
     assert_eq!(server.requests(), 1, "a 403 must not be retried");
 
-    let store = server.s3_store(&[("AWS_ACCESS_KEY_ID", "AKIDUNKNOWN")]).await;
+    let store = server
+        .s3_store(&[("AWS_ACCESS_KEY_ID", "AKIDUNKNOWN")])
+        .await;
     let e = store.get_bytes("c/b/m").await.unwrap_err().to_string();
     assert!(e.contains("authentication failed ("), "{e}");
 }
@@ -570,8 +667,14 @@ async fn s3_missing_bucket_is_named() {
     let store = server
         .s3_store(&[("LIFEBOAT_STORE", "s3://no-such-bucket/p")])
         .await;
-    let e = store.put_bytes("c/b/m", b"x").await.unwrap_err().to_string();
+    // (s3s-fs creates buckets on PUT, so ask with a list and a get.)
+    let e = store.list("c/").await.unwrap_err().to_string();
     assert!(e.contains("bucket no-such-bucket does not exist"), "{e}");
+    let e = store.get_bytes("c/b/m").await.unwrap_err().to_string();
+    assert!(
+        e.contains("does not exist") || e.contains("no such object"),
+        "{e}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -606,14 +709,20 @@ async fn s3_4xx_is_not_retried() {
         *server.faults.status_next.lock().unwrap() = Some((status, 10));
         let e = store.put_bytes("c/b/m", b"x").await.unwrap_err();
         assert!(matches!(e, Error::Store(_)), "{e:?}");
-        assert_eq!(server.requests(), 1, "HTTP {status} must not be retried: {e}");
+        assert_eq!(
+            server.requests(),
+            1,
+            "HTTP {status} must not be retried: {e}"
+        );
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_multipart_stays_within_parts_in_flight() {
     let server = Server::start().await;
-    let store = server.s3_store(&[("LIFEBOAT_S3_PARTS_IN_FLIGHT", "2")]).await;
+    let store = server
+        .s3_store(&[("LIFEBOAT_S3_PARTS_IN_FLIGHT", "2")])
+        .await;
     let tmp = tempfile::tempdir().unwrap();
     let bytes = data(5 * PART + 1, 9);
     let src = write_tmp(tmp.path(), "big", &bytes);
@@ -634,9 +743,20 @@ async fn s3_server_gone_mid_multipart_aborts_and_leaves_nothing() {
     *server.faults.parts_before_gone.lock().unwrap() = Some(1);
     let tmp = tempfile::tempdir().unwrap();
     let src = write_tmp(tmp.path(), "big", &data(3 * PART, 3));
-    let e = store.put_file("c/b/big", &src).await.unwrap_err().to_string();
-    assert!(e.contains("uploading part 2 of s3://lifeboat-test/pre/fix/c/b/big"), "{e}");
-    assert_eq!(server.open_uploads(), Vec::<String>::new(), "multipart upload not aborted");
+    let e = store
+        .put_file("c/b/big", &src)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("uploading part 2 of s3://lifeboat-test/pre/fix/c/b/big"),
+        "{e}"
+    );
+    assert_eq!(
+        server.open_uploads(),
+        Vec::<String>::new(),
+        "multipart upload not aborted"
+    );
     assert!(store.list("").await.unwrap().is_empty());
 }
 
@@ -651,9 +771,17 @@ async fn s3_cancelled_multipart_is_aborted() {
     let upload = store.put_file("c/b/big", &src);
     let r = tokio::time::timeout(Duration::from_secs(2), upload).await;
     assert!(r.is_err(), "the stalled upload should not have finished");
-    assert_eq!(server.open_uploads().len(), 1, "the upload should have started");
+    assert_eq!(
+        server.open_uploads().len(),
+        1,
+        "the upload should have started"
+    );
     etcd_lifeboat::shutdown::finish_cleanups(Duration::from_secs(10)).await;
-    assert_eq!(server.open_uploads(), Vec::<String>::new(), "multipart upload not aborted");
+    assert_eq!(
+        server.open_uploads(),
+        Vec::<String>::new(),
+        "multipart upload not aborted"
+    );
     assert!(store.list("").await.unwrap().is_empty());
 }
 
@@ -667,8 +795,12 @@ async fn presigned_expired_and_tampered_urls_are_explained() {
     let server = Server::start().await;
     let key = "c/b/snapshot.db";
     let long_ago = SystemTime::now() - Duration::from_secs(7200);
-    let expired_put = server.presign("PUT", key, long_ago, Duration::from_secs(60)).await;
-    let expired_get = server.presign("GET", key, long_ago, Duration::from_secs(60)).await;
+    let expired_put = server
+        .presign("PUT", key, long_ago, Duration::from_secs(60))
+        .await;
+    let expired_get = server
+        .presign("GET", key, long_ago, Duration::from_secs(60))
+        .await;
     let good_put = server
         .presign("PUT", key, SystemTime::now(), Duration::from_secs(600))
         .await;
@@ -701,7 +833,13 @@ async fn presigned_expired_and_tampered_urls_are_explained() {
     assert!(e.contains(INVALID), "{e}");
     // None of those were retried: 4 requests for 4 attempts.
     assert_eq!(server.requests(), 4);
-    assert!(server.s3_store(&[]).await.list("").await.unwrap().is_empty());
+    assert!(server
+        .s3_store(&[])
+        .await
+        .list("")
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -738,7 +876,10 @@ async fn presigned_put_over_5gib_is_refused_before_sending() {
         .set_len((5 << 30) + 1)
         .unwrap(); // sparse
     let e = store.put_file("c/b/s", &p).await.unwrap_err().to_string();
-    assert!(e.contains("5 GiB") && e.contains("s3://bucket/prefix"), "{e}");
+    assert!(
+        e.contains("5 GiB") && e.contains("s3://bucket/prefix"),
+        "{e}"
+    );
     assert_eq!(server.requests(), 0);
 }
 
@@ -774,8 +915,8 @@ async fn presigned_without_manifest_url_says_so() {
     let url = server
         .presign("PUT", "c/b/s", SystemTime::now(), Duration::from_secs(600))
         .await;
-    let cfg = StoreConfig::from_env(&Env::from_pairs([("LIFEBOAT_STORE", url.as_str())]), "")
-        .unwrap();
+    let cfg =
+        StoreConfig::from_env(&Env::from_pairs([("LIFEBOAT_STORE", url.as_str())]), "").unwrap();
     let store = Store::open(&cfg).await.unwrap();
     let caps = store.capabilities();
     assert!(!caps.manifest && !caps.read_back && !caps.list && !caps.delete);

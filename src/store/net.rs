@@ -70,7 +70,9 @@ pub fn install_crypto_provider() {
 pub fn is_loopback_host(host: &str) -> bool {
     let h = host.trim_start_matches('[').trim_end_matches(']');
     h.eq_ignore_ascii_case("localhost")
-        || h.parse::<IpAddr>().map(|ip| ip.is_loopback()).unwrap_or(false)
+        || h.parse::<IpAddr>()
+            .map(|ip| ip.is_loopback())
+            .unwrap_or(false)
 }
 
 /// Delay before attempt `attempt + 1` (attempt counts from 1): 200 ms doubling, capped at 10 s,
@@ -140,17 +142,32 @@ mod tests {
 
     #[test]
     fn loopback_hosts() {
-        for h in ["localhost", "127.0.0.1", "127.8.9.1", "[::1]", "::1", "LOCALHOST"] {
+        for h in [
+            "localhost",
+            "127.0.0.1",
+            "127.8.9.1",
+            "[::1]",
+            "::1",
+            "LOCALHOST",
+        ] {
             assert!(is_loopback_host(h), "{h}");
         }
-        for h in ["10.0.0.1", "example.com", "localhost.example.com", "[::2]", ""] {
+        for h in [
+            "10.0.0.1",
+            "example.com",
+            "localhost.example.com",
+            "[::2]",
+            "",
+        ] {
             assert!(!is_loopback_host(h), "{h}");
         }
     }
 
     #[test]
     fn backoff_grows_and_is_capped() {
-        assert!(backoff(1) >= Duration::from_millis(200) && backoff(1) <= Duration::from_millis(250));
+        assert!(
+            backoff(1) >= Duration::from_millis(200) && backoff(1) <= Duration::from_millis(250)
+        );
         assert!(backoff(3) >= Duration::from_millis(800));
         assert!(backoff(30) <= Duration::from_millis(12_500));
     }

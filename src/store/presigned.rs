@@ -176,16 +176,15 @@ impl PresignedStore {
             )));
         }
         self.with_retries("uploading to", url, |activity| async move {
-            let file = tokio::fs::File::open(src).await.map_err(|e| {
-                Failure::Final(Error::io(format!("opening {}", src.display()), e))
-            })?;
+            let file = tokio::fs::File::open(src)
+                .await
+                .map_err(|e| Failure::Final(Error::io(format!("opening {}", src.display()), e)))?;
             let a = activity.clone();
-            let stream = tokio_util::io::ReaderStream::with_capacity(file, 256 << 10).map(
-                move |chunk| {
+            let stream =
+                tokio_util::io::ReaderStream::with_capacity(file, 256 << 10).map(move |chunk| {
                     a.touch();
                     chunk
-                },
-            );
+                });
             let req = self
                 .client
                 .put(url.0.clone())
@@ -220,24 +219,25 @@ impl PresignedStore {
     }
 
     /// GET `url` and return the response once its status is a success and its start does not look
-    /// like an error page (the sniffed bytes are returned with it).
-    async fn get(&self, url: &SecretUrl) -> Result<(reqwest::Response, Bytes)> {
+    /// like an error page, with the sniffed first bytes and the announced length.
+    async fn get(&self, url: &SecretUrl) -> Result<(reqwest::Response, Bytes, Option<u64>)> {
         self.with_retries("downloading", url, |activity| async move {
             let req = self.client.request(Method::GET, url.0.clone());
             let resp = self.send(req, url, "downloading", &activity).await?;
             let mut resp = check_status(resp, "downloading", url).await?;
+            // Read before the first chunk: afterwards reqwest reports what is left.
+            let expected = resp.content_length();
             let html = resp
                 .headers()
                 .get(CONTENT_TYPE)
                 .and_then(|v| v.to_str().ok())
                 .is_some_and(|t| t.to_ascii_lowercase().starts_with("text/html"));
-            let first = match net::until_stalled(resp.chunk(), &activity, self.net.read_timeout)
-                .await
-            {
-                None => return Err(Failure::Retry(stalled("downloading", url, self.net))),
-                Some(Err(e)) => return Err(transport_failure("downloading", url, e)),
-                Some(Ok(c)) => c.unwrap_or_default(),
-            };
+            let first =
+                match net::until_stalled(resp.chunk(), &activity, self.net.read_timeout).await {
+                    None => return Err(Failure::Retry(stalled("downloading", url, self.net))),
+                    Some(Err(e)) => return Err(transport_failure("downloading", url, e)),
+                    Some(Ok(c)) => c.unwrap_or_default(),
+                };
             if html || looks_like_markup(&first) {
                 return Err(Failure::Final(invalid_url(
                     "downloading",
@@ -245,14 +245,14 @@ impl PresignedStore {
                     "the answer is an XML/HTML document, not the object",
                 )));
             }
-            Ok((resp, first))
+            Ok((resp, first, expected))
         })
         .await
     }
 
     pub async fn get_bytes(&self, key: &str) -> Result<Vec<u8>> {
         let url = self.url_for(key)?;
-        let (mut resp, first) = self.get(url).await?;
+        let (mut resp, first, _) = self.get(url).await?;
         let mut out = first.to_vec();
         loop {
             let chunk = tokio::time::timeout(self.net.read_timeout, resp.chunk())
@@ -272,8 +272,7 @@ impl PresignedStore {
 
     pub async fn get_to_file(&self, key: &str, dest: &Path) -> Result<u64> {
         let url = self.url_for(key)?;
-        let (mut resp, first) = self.get(url).await?;
-        let expected = resp.content_length();
+        let (mut resp, first, expected) = self.get(url).await?;
         let mut file = tokio::fs::File::from_std(create_private(dest)?);
         let write_err = |e| Error::io(format!("writing {}", dest.display()), e);
         file.write_all(&first).await.map_err(write_err)?;
@@ -369,7 +368,12 @@ impl PresignedStore {
     }
 
     /// Run `attempt` until it succeeds, fails for good, or the attempts / operation time run out.
-    async fn with_retries<'a, T, F, Fut>(&self, op: &str, url: &SecretUrl, mut attempt: F) -> Result<T>
+    async fn with_retries<'a, T, F, Fut>(
+        &self,
+        op: &str,
+        url: &SecretUrl,
+        mut attempt: F,
+    ) -> Result<T>
     where
         F: FnMut(Activity) -> Fut + 'a,
         Fut: std::future::Future<Output = std::result::Result<T, Failure>> + 'a,
@@ -396,7 +400,11 @@ impl PresignedStore {
                 });
             }
             let wait = net::backoff(n);
-            tracing::warn!("{err}; retrying in {wait:?} (attempt {} of {})", n + 1, self.net.max_attempts);
+            tracing::warn!(
+                "{err}; retrying in {wait:?} (attempt {} of {})",
+                n + 1,
+                self.net.max_attempts
+            );
             tokio::time::sleep(wait).await;
             n += 1;
         }
@@ -457,8 +465,15 @@ fn invalid_url(op: &str, url: &SecretUrl, why: &str) -> Error {
 /// Starts like an XML or HTML document (after optional whitespace/BOM).
 fn looks_like_markup(b: &[u8]) -> bool {
     let b = b.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(b);
-    let start = b.iter().position(|c| !c.is_ascii_whitespace()).unwrap_or(b.len());
-    let head: Vec<u8> = b[start..].iter().take(16).map(u8::to_ascii_lowercase).collect();
+    let start = b
+        .iter()
+        .position(|c| !c.is_ascii_whitespace())
+        .unwrap_or(b.len());
+    let head: Vec<u8> = b[start..]
+        .iter()
+        .take(16)
+        .map(u8::to_ascii_lowercase)
+        .collect();
     [&b"<?xml"[..], b"<error", b"<!doctype", b"<html"]
         .iter()
         .any(|p| head.starts_with(p))
@@ -501,14 +516,20 @@ async fn check_status(
     let expired = status == StatusCode::FORBIDDEN
         || matches!(
             code,
-            "AccessDenied" | "SignatureDoesNotMatch" | "ExpiredToken" | "AuthorizationQueryParametersError"
+            "AccessDenied"
+                | "SignatureDoesNotMatch"
+                | "ExpiredToken"
+                | "AuthorizationQueryParametersError"
         )
         || message.contains("expired");
     if expired {
         return Err(Failure::Final(invalid_url(op, url, &detail)));
     }
     let err = Error::Store(format!("{op} {url}: {detail}"));
-    if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::REQUEST_TIMEOUT {
+    if status.is_server_error()
+        || status == StatusCode::TOO_MANY_REQUESTS
+        || status == StatusCode::REQUEST_TIMEOUT
+    {
         Err(Failure::Retry(err))
     } else if status == StatusCode::NOT_FOUND {
         Err(Failure::Final(Error::Store(format!(
@@ -539,7 +560,9 @@ mod tests {
             "ftp://example.com/k?sig=sekrit",
             "https:///k?sig=sekrit",
         ] {
-            let e = SecretUrl::parse("LIFEBOAT_MANIFEST_URL", bad).unwrap_err().to_string();
+            let e = SecretUrl::parse("LIFEBOAT_MANIFEST_URL", bad)
+                .unwrap_err()
+                .to_string();
             assert!(e.contains("LIFEBOAT_MANIFEST_URL"), "{bad}: {e}");
             assert!(!e.contains("sekrit"), "{e}");
         }
@@ -588,7 +611,15 @@ mod tests {
         let e = s.url_for("c/id/manifest.json").unwrap_err().to_string();
         assert!(e.contains("LIFEBOAT_MANIFEST_URL"), "{e}");
         assert_eq!(s.url_for("c/id/snapshot.db").unwrap(), &cfg.object);
-        assert!(s.list("").unwrap_err().to_string().contains("not supported for presigned URLs"));
-        assert!(s.delete("k").unwrap_err().to_string().contains("not supported for presigned URLs"));
+        assert!(s
+            .list("")
+            .unwrap_err()
+            .to_string()
+            .contains("not supported for presigned URLs"));
+        assert!(s
+            .delete("k")
+            .unwrap_err()
+            .to_string()
+            .contains("not supported for presigned URLs"));
     }
 }

@@ -30,7 +30,9 @@ use aws_sdk_s3::config::{
 };
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, ServerSideEncryption, StorageClass};
+use aws_sdk_s3::types::{
+    CompletedMultipartUpload, CompletedPart, ServerSideEncryption, StorageClass,
+};
 use aws_sdk_s3::Client;
 use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode, TlsContext, TrustStore};
 use tokio::io::AsyncWriteExt;
@@ -345,9 +347,9 @@ impl S3Store {
                 ))
             }
         };
-        let creds = sdk.credentials_provider().ok_or_else(|| {
-            Error::Config("no AWS credential provider could be set up".into())
-        })?;
+        let creds = sdk
+            .credentials_provider()
+            .ok_or_else(|| Error::Config("no AWS credential provider could be set up".into()))?;
         if let Err(e) = aws_sdk_s3::config::ProvideCredentials::provide_credentials(&creds).await {
             return Err(Error::Config(format!(
                 "no AWS credentials found for s3://{} (tried AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, web identity (IRSA), the AWS profile and instance metadata): {}",
@@ -483,7 +485,9 @@ impl S3Store {
             .map_err(|e| s3_error("starting the multipart upload of", &self.bucket, &url, e))?;
         let upload_id = created
             .upload_id()
-            .ok_or_else(|| Error::Store(format!("{url}: the store returned no multipart upload id")))?
+            .ok_or_else(|| {
+                Error::Store(format!("{url}: the store returned no multipart upload id"))
+            })?
             .to_string();
         let guard = AbortOnDrop {
             client: self.client.clone(),
@@ -599,11 +603,10 @@ impl S3Store {
                 out.content_length().unwrap_or(0)
             )));
         }
-        let data = out
-            .body
-            .collect()
-            .await
-            .map_err(|e| Error::Store(format!("downloading {url}: {}", DisplayErrorContext(&e))))?;
+        let data =
+            out.body.collect().await.map_err(|e| {
+                Error::Store(format!("downloading {url}: {}", DisplayErrorContext(&e)))
+            })?;
         Ok(data.into_bytes().to_vec())
     }
 
@@ -686,9 +689,8 @@ impl S3Store {
             .send();
         let mut out = Vec::new();
         while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| {
-                s3_error("listing", &self.bucket, &self.url(&full_prefix), e)
-            })?;
+            let page =
+                page.map_err(|e| s3_error("listing", &self.bucket, &self.url(&full_prefix), e))?;
             for obj in page.contents() {
                 let Some(k) = obj.key() else { continue };
                 let Some(rel) = k.strip_prefix(&strip) else {
@@ -815,7 +817,7 @@ where
             let code = err.code().unwrap_or("");
             let detail = err.message().unwrap_or("");
             match (code, status) {
-                ("SignatureDoesNotMatch" | "InvalidAccessKeyId", _) => format!(
+                ("SignatureDoesNotMatch" | "InvalidAccessKeyId" | "NotSignedUp", _) => format!(
                     "{op} {target}: authentication failed ({code}): check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY"
                 ),
                 ("ExpiredToken" | "InvalidToken" | "TokenRefreshRequired", _) => format!(
@@ -864,7 +866,10 @@ mod tests {
         assert_eq!(parse_size("V", "8388608").unwrap(), 8 << 20);
         assert_eq!(parse_size("V", "1 GiB").unwrap(), 1 << 30);
         for bad in ["", "MiB", "16TiB", "-1", "1.5MiB", "99999999999999999999"] {
-            assert!(parse_size("V", bad).unwrap_err().to_string().contains("V:"), "{bad}");
+            assert!(
+                parse_size("V", bad).unwrap_err().to_string().contains("V:"),
+                "{bad}"
+            );
         }
     }
 
@@ -897,7 +902,10 @@ mod tests {
             let e = S3Config::from_env(&env(&[(var, val)]), "b", "")
                 .unwrap_err()
                 .to_string();
-            assert!(e.contains(var) || e.contains("AWS_ACCESS_KEY_ID"), "{var}={val}: {e}");
+            assert!(
+                e.contains(var) || e.contains("AWS_ACCESS_KEY_ID"),
+                "{var}={val}: {e}"
+            );
             assert!(!e.contains("s3cr3t"), "{e}");
         }
     }
@@ -917,8 +925,16 @@ mod tests {
             "",
         )
         .unwrap();
-        assert_eq!(c.endpoint, Some(("AWS_ENDPOINT_URL_S3", "https://b:2".into())));
-        assert_eq!(c.sse, Some(Sse::Kms { key_id: Some("alias/x".into()) }));
+        assert_eq!(
+            c.endpoint,
+            Some(("AWS_ENDPOINT_URL_S3", "https://b:2".into()))
+        );
+        assert_eq!(
+            c.sse,
+            Some(Sse::Kms {
+                key_id: Some("alias/x".into())
+            })
+        );
         assert_eq!(c.storage_class, Some(StorageClass::StandardIa));
         assert_eq!(c.region.as_deref(), Some("eu-west-1"));
     }
@@ -936,7 +952,10 @@ mod tests {
         )
         .unwrap();
         let d = format!("{c:?}");
-        assert!(!d.contains("wJalrXUtnFEMI") && !d.contains("FwoGZXIvYXdzE"), "{d}");
+        assert!(
+            !d.contains("wJalrXUtnFEMI") && !d.contains("FwoGZXIvYXdzE"),
+            "{d}"
+        );
         assert!(d.contains("REDACTED"), "{d}");
     }
 
@@ -952,7 +971,10 @@ mod tests {
         )
         .unwrap_err()
         .to_string();
-        assert!(e.contains("LIFEBOAT_S3_CA_FILE") && e.contains("no PEM certificate"), "{e}");
+        assert!(
+            e.contains("LIFEBOAT_S3_CA_FILE") && e.contains("no PEM certificate"),
+            "{e}"
+        );
         let ca = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
         std::fs::write(&p, ca.cert.pem()).unwrap();
         let c = S3Config::from_env(
