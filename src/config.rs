@@ -51,7 +51,7 @@ pub const VARS: &[Var] = &[
     Var { name: "LIFEBOAT_MANIFEST_URL", default: "", help: "with a presigned LIFEBOAT_STORE: a second presigned PUT URL for the backup's manifest.json (no manifest is kept without it)", commands: &[Backup] },
     Var { name: "LIFEBOAT_STORE_CONNECT_TIMEOUT", default: "10s", help: "S3 / presigned URL: TCP + TLS connect timeout", commands: STORE },
     Var { name: "LIFEBOAT_STORE_READ_TIMEOUT", default: "2m", help: "S3 / presigned URL: one request until its answer starts (its body, e.g. one part, included), and the longest pause in a download", commands: STORE },
-    Var { name: "LIFEBOAT_STORE_OPERATION_TIMEOUT", default: "15m", help: "S3 / presigned URL: one operation (one part, one PUT, one GET) with all its retries", commands: STORE },
+    Var { name: "LIFEBOAT_STORE_OPERATION_TIMEOUT", default: "15m", help: "S3 / presigned URL: one operation (one part, one PUT, one GET) with all its retries; a presigned PUT gets 1s more per MiB", commands: STORE },
     Var { name: "LIFEBOAT_STORE_MAX_ATTEMPTS", default: "5", help: "S3 / presigned URL: attempts per request; 5xx, throttling, timeouts and connection errors are retried with backoff, other 4xx never", commands: STORE },
     Var { name: "AWS_REGION", default: "", help: "S3: the bucket's region (fallback: AWS_DEFAULT_REGION, the AWS profile, instance metadata; us-east-1 with a custom endpoint)", commands: STORE },
     Var { name: "AWS_ENDPOINT_URL_S3", default: "", help: "S3: endpoint of an S3-compatible store, e.g. https://minio.example:9000 (fallback: AWS_ENDPOINT_URL)", commands: STORE },

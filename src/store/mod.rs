@@ -138,7 +138,7 @@ pub struct StoreConfig {
 enum BackendConfig {
     Local,
     S3(Box<s3::S3Config>),
-    Presigned(presigned::PresignedConfig),
+    Presigned(Box<presigned::PresignedConfig>),
 }
 
 impl StoreConfig {
@@ -146,13 +146,19 @@ impl StoreConfig {
     pub fn from_env(env: &Env, default_url: &str) -> Result<Self> {
         let raw = env.get("LIFEBOAT_STORE").unwrap_or(default_url);
         let location = Location::parse("LIFEBOAT_STORE", raw)?;
+        if env.get("LIFEBOAT_MANIFEST_URL").is_some() && !matches!(location, Location::Presigned(_))
+        {
+            return Err(Error::Config(
+                "LIFEBOAT_MANIFEST_URL: only used when LIFEBOAT_STORE is a presigned URL".into(),
+            ));
+        }
         let backend = match &location {
             Location::Local(_) => BackendConfig::Local,
             Location::S3 { bucket, prefix } => {
                 BackendConfig::S3(Box::new(s3::S3Config::from_env(env, bucket, prefix)?))
             }
             Location::Presigned(url) => {
-                BackendConfig::Presigned(presigned::PresignedConfig::from_env(env, url)?)
+                BackendConfig::Presigned(Box::new(presigned::PresignedConfig::from_env(env, url)?))
             }
         };
         Ok(StoreConfig { location, backend })
@@ -342,6 +348,29 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(!e.contains("secret") && !e.contains("sig=1"), "{e}");
+    }
+
+    #[test]
+    fn store_config_checks_backend_settings() {
+        let env = Env::from_pairs([
+            ("LIFEBOAT_STORE", "file:///b"),
+            ("LIFEBOAT_MANIFEST_URL", "https://h/m?sig=x"),
+        ]);
+        let e = StoreConfig::from_env(&env, "").unwrap_err().to_string();
+        assert!(e.contains("LIFEBOAT_MANIFEST_URL"), "{e}");
+        let env = Env::from_pairs([("LIFEBOAT_STORE", "http://example.com/b/k?X-Amz-Signature=s")]);
+        let e = StoreConfig::from_env(&env, "").unwrap_err().to_string();
+        assert!(
+            e.contains("LIFEBOAT_STORE") && e.contains("loopback"),
+            "{e}"
+        );
+        let env = Env::from_pairs([("LIFEBOAT_S3_PART_SIZE", "1MiB")]);
+        let e = StoreConfig::from_env(&env, "s3://bucket/p")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("LIFEBOAT_S3_PART_SIZE"), "{e}");
+        let c = StoreConfig::from_env(&Env::default(), "file:///b").unwrap();
+        assert_eq!(c.location, Location::Local("/b".into()));
     }
 
     #[test]

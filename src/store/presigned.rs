@@ -175,7 +175,7 @@ impl PresignedStore {
                 src.display()
             )));
         }
-        self.with_retries("uploading to", url, |activity| async move {
+        self.with_retries("uploading to", url, size, |activity| async move {
             let file = tokio::fs::File::open(src)
                 .await
                 .map_err(|e| Failure::Final(Error::io(format!("opening {}", src.display()), e)))?;
@@ -203,7 +203,7 @@ impl PresignedStore {
     pub async fn put_bytes(&self, key: &str, bytes: &[u8]) -> Result<ObjectMeta> {
         let url = self.url_for(key)?;
         let body = Bytes::copy_from_slice(bytes);
-        self.with_retries("uploading to", url, |activity| {
+        self.with_retries("uploading to", url, body.len() as u64, |activity| {
             let body = body.clone();
             async move {
                 let req = self.client.put(url.0.clone()).body(body);
@@ -221,7 +221,7 @@ impl PresignedStore {
     /// GET `url` and return the response once its status is a success and its start does not look
     /// like an error page, with the sniffed first bytes and the announced length.
     async fn get(&self, url: &SecretUrl) -> Result<(reqwest::Response, Bytes, Option<u64>)> {
-        self.with_retries("downloading", url, |activity| async move {
+        self.with_retries("downloading", url, 0, |activity| async move {
             let req = self.client.request(Method::GET, url.0.clone());
             let resp = self.send(req, url, "downloading", &activity).await?;
             let mut resp = check_status(resp, "downloading", url).await?;
@@ -301,7 +301,7 @@ impl PresignedStore {
     pub async fn head(&self, key: &str) -> Result<Option<ObjectMeta>> {
         let url = self.url_for(key)?;
         let size = self
-            .with_retries("checking", url, |activity| async move {
+            .with_retries("checking", url, 0, |activity| async move {
                 let req = self
                     .client
                     .request(Method::GET, url.0.clone())
@@ -368,17 +368,21 @@ impl PresignedStore {
     }
 
     /// Run `attempt` until it succeeds, fails for good, or the attempts / operation time run out.
-    async fn with_retries<'a, T, F, Fut>(
+    /// `body_len` bytes to send extend the operation time by 1 s per MiB (a 1 MiB/s floor), so
+    /// that a multi-GiB PUT is limited by the stall watchdog rather than a fixed deadline.
+    async fn with_retries<T, F, Fut>(
         &self,
         op: &str,
         url: &SecretUrl,
+        body_len: u64,
         mut attempt: F,
     ) -> Result<T>
     where
-        F: FnMut(Activity) -> Fut + 'a,
-        Fut: std::future::Future<Output = std::result::Result<T, Failure>> + 'a,
+        F: FnMut(Activity) -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<T, Failure>>,
     {
-        let deadline = tokio::time::Instant::now() + self.net.operation_timeout;
+        let limit = self.net.operation_timeout + Duration::from_secs(body_len >> 20);
+        let deadline = tokio::time::Instant::now() + limit;
         let mut n = 1;
         loop {
             let outcome = tokio::time::timeout_at(deadline, attempt(Activity::new())).await;
@@ -388,8 +392,7 @@ impl PresignedStore {
                 Ok(Err(Failure::Retry(e))) => e,
                 Err(_) => {
                     return Err(Error::Store(format!(
-                        "{op} {url}: not done after {:?} (LIFEBOAT_STORE_OPERATION_TIMEOUT)",
-                        self.net.operation_timeout
+                        "{op} {url}: not done after {limit:?} (LIFEBOAT_STORE_OPERATION_TIMEOUT)"
                     )))
                 }
             };
