@@ -426,18 +426,27 @@ fn err_chain(e: &dyn std::error::Error) -> String {
     scrub(&out)
 }
 
-/// Remove anything that looks like a URL query from a message.
+/// Replace the query of every URL in `msg` with `?REDACTED` (signatures live there).
 fn scrub(msg: &str) -> String {
     let mut out = String::with_capacity(msg.len());
-    for word in msg.split_inclusive(char::is_whitespace) {
-        if word.contains("://") {
-            let trimmed = word.trim_end();
-            out.push_str(&redact_url(trimmed.trim_matches(|c| c == '(' || c == ')')));
-            out.push_str(&word[trimmed.len()..]);
-        } else {
-            out.push_str(word);
+    let mut rest = msg;
+    while let Some(at) = rest.find("://") {
+        let (head, tail) = rest.split_at(at);
+        out.push_str(head);
+        let end = tail
+            .find(|c: char| c.is_whitespace() || matches!(c, ')' | '"' | '\'' | '<' | '>'))
+            .unwrap_or(tail.len());
+        let url = &tail[..end];
+        match url.split_once('?') {
+            Some((base, _)) => {
+                out.push_str(base);
+                out.push_str("?REDACTED");
+            }
+            None => out.push_str(url),
         }
+        rest = &tail[end..];
     }
+    out.push_str(rest);
     out
 }
 
@@ -561,7 +570,7 @@ mod tests {
             "http://10.0.0.1/b/k?X-Amz-Signature=sekrit",
             "http://s3.example.com/b/k?X-Amz-Signature=sekrit",
             "ftp://example.com/k?sig=sekrit",
-            "https:///k?sig=sekrit",
+            "https://?sig=sekrit",
         ] {
             let e = SecretUrl::parse("LIFEBOAT_MANIFEST_URL", bad)
                 .unwrap_err()
@@ -583,7 +592,11 @@ mod tests {
         }
         assert_eq!(
             scrub("error sending request for url (https://h/k?X-Amz-Signature=deadbeef): reset"),
-            "error sending request for url https://h/k?REDACTED: reset"
+            "error sending request for url (https://h/k?REDACTED): reset"
+        );
+        assert_eq!(
+            scrub("a http://h/x?s=1 b https://h/y c"),
+            "a http://h/x?REDACTED b https://h/y c"
         );
     }
 
