@@ -145,7 +145,13 @@ impl StoreConfig {
     /// Read `LIFEBOAT_STORE` (default `default_url`) and the variables of the backend it names.
     pub fn from_env(env: &Env, default_url: &str) -> Result<Self> {
         let raw = env.get("LIFEBOAT_STORE").unwrap_or(default_url);
-        let location = Location::parse("LIFEBOAT_STORE", raw)?;
+        Self::parse(env, "LIFEBOAT_STORE", raw)
+    }
+
+    /// A store named by `raw` (read from variable `var`, for errors), with its backend's
+    /// settings from `env`: e.g. an `s3://` restore source that is not `LIFEBOAT_STORE`.
+    pub fn parse(env: &Env, var: &str, raw: &str) -> Result<Self> {
+        let location = Location::parse(var, raw)?;
         if env.get("LIFEBOAT_MANIFEST_URL").is_some() && !matches!(location, Location::Presigned(_))
         {
             return Err(Error::Config(
@@ -157,9 +163,9 @@ impl StoreConfig {
             Location::S3 { bucket, prefix } => {
                 BackendConfig::S3(Box::new(s3::S3Config::from_env(env, bucket, prefix)?))
             }
-            Location::Presigned(url) => {
-                BackendConfig::Presigned(Box::new(presigned::PresignedConfig::from_env(env, url)?))
-            }
+            Location::Presigned(url) => BackendConfig::Presigned(Box::new(
+                presigned::PresignedConfig::from_env(env, var, url)?,
+            )),
         };
         Ok(StoreConfig { location, backend })
     }

@@ -88,9 +88,10 @@ pub struct PresignedConfig {
 }
 
 impl PresignedConfig {
-    pub fn from_env(env: &Env, url: &str) -> Result<Self> {
+    /// `url` came from variable `var` (for errors); the rest comes from `env`.
+    pub fn from_env(env: &Env, var: &str, url: &str) -> Result<Self> {
         Ok(PresignedConfig {
-            object: SecretUrl::parse("LIFEBOAT_STORE", url)?,
+            object: SecretUrl::parse(var, url)?,
             manifest: env
                 .get("LIFEBOAT_MANIFEST_URL")
                 .map(|u| SecretUrl::parse("LIFEBOAT_MANIFEST_URL", u))
@@ -621,7 +622,8 @@ mod tests {
 
     #[test]
     fn manifest_key_needs_its_own_url() {
-        let cfg = PresignedConfig::from_env(&Env::default(), "https://h/b/snap.db?sig=1").unwrap();
+        let cfg =
+            PresignedConfig::from_env(&Env::default(), "V", "https://h/b/snap.db?sig=1").unwrap();
         let s = PresignedStore::open(&cfg).unwrap();
         assert!(!s.capabilities().manifest);
         let e = s.url_for("c/id/manifest.json").unwrap_err().to_string();
