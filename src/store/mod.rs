@@ -128,13 +128,13 @@ pub fn check_key(key: &str) -> Result<()> {
 
 /// Everything needed to open the store: `LIFEBOAT_STORE` plus the settings of its backend, all
 /// validated by [`StoreConfig::from_env`] before anything runs.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoreConfig {
     pub location: Location,
     backend: BackendConfig,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 enum BackendConfig {
     Local,
     S3(Box<s3::S3Config>),

@@ -80,7 +80,7 @@ impl fmt::Debug for SecretUrl {
 }
 
 /// Validated presigned-URL settings.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PresignedConfig {
     object: SecretUrl,
     manifest: Option<SecretUrl>,

@@ -84,7 +84,7 @@ impl fmt::Debug for StaticKeys {
 }
 
 /// Validated S3 settings.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct S3Config {
     pub bucket: String,
     pub prefix: String,
