@@ -51,6 +51,9 @@ struct Faults {
     parts_before_gone: Mutex<Option<usize>>,
     /// Answer GETs with 200 and an HTML login page.
     html_gets: AtomicBool,
+    /// Hold AbortMultipartUpload requests for a second (a real store's latency), so that an abort
+    /// nobody waits for is cut off by the runtime's shutdown.
+    slow_aborts: AtomicBool,
     /// UploadPart requests being served right now, and the most at once.
     parts_now: AtomicUsize,
     parts_max: AtomicUsize,
@@ -260,6 +263,11 @@ async fn serve(
             }
             *n -= 1;
         }
+    }
+    let is_abort = req.method() == http::Method::DELETE
+        && req.uri().query().is_some_and(|q| q.contains("uploadId="));
+    if is_abort && f.slow_aborts.load(Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
     if req.method() == http::Method::GET && f.html_gets.load(Ordering::SeqCst) {
         return Ok(http::Response::builder()
@@ -765,6 +773,7 @@ async fn s3_cancelled_multipart_is_aborted() {
     let server = Server::start().await;
     let store = server.s3_store(&[]).await;
     server.faults.stall_parts.store(true, Ordering::SeqCst);
+    server.faults.slow_aborts.store(true, Ordering::SeqCst);
     let tmp = tempfile::tempdir().unwrap();
     let src = write_tmp(tmp.path(), "big", &data(3 * PART, 4));
     // As on SIGTERM: the upload future is dropped half-way.
@@ -1017,6 +1026,7 @@ async fn sigterm_mid_multipart_backup_aborts_and_exits_143() {
     }
     let server = Server::start().await;
     server.faults.stall_parts.store(true, Ordering::SeqCst);
+    server.faults.slow_aborts.store(true, Ordering::SeqCst);
     let spool = tempfile::tempdir().unwrap();
     let mut backup = std::process::Command::new(env!("CARGO_BIN_EXE_etcd-lifeboat"))
         .arg("backup")
