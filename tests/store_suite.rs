@@ -79,6 +79,11 @@ impl Drop for Server {
 
 impl Server {
     async fn start() -> Server {
+        Self::start_with(None).await
+    }
+
+    /// With `tls`, the server speaks HTTPS with that certificate chain.
+    async fn start_with(tls: Option<Arc<rustls::ServerConfig>>) -> Server {
         let root = tempfile::tempdir().unwrap();
         std::fs::create_dir(root.path().join(BUCKET)).unwrap();
         let fs = s3s_fs::FileSystem::new(root.path()).unwrap();
@@ -94,14 +99,27 @@ impl Server {
                 let Ok((sock, _)) = listener.accept().await else {
                     return;
                 };
-                let (svc, faults) = (svc.clone(), f2.clone());
+                let (svc, faults, tls) = (svc.clone(), f2.clone(), tls.clone());
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |req| {
                         serve(svc.clone(), faults.clone(), req)
                     });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(sock), service)
-                        .await;
+                    let http = hyper::server::conn::http1::Builder::new();
+                    match tls {
+                        None => {
+                            let io = hyper_util::rt::TokioIo::new(sock);
+                            let _ = http.serve_connection(io, service).await;
+                        }
+                        Some(cfg) => {
+                            let Ok(stream) =
+                                tokio_rustls::TlsAcceptor::from(cfg).accept(sock).await
+                            else {
+                                return; // the client refused our certificate
+                            };
+                            let io = hyper_util::rt::TokioIo::new(stream);
+                            let _ = http.serve_connection(io, service).await;
+                        }
+                    }
                 });
             }
         });
@@ -115,6 +133,10 @@ impl Server {
 
     fn endpoint(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    fn https_endpoint(&self) -> String {
+        format!("https://{}", self.addr)
     }
 
     fn requests(&self) -> usize {
@@ -1090,4 +1112,61 @@ async fn sigterm_mid_multipart_backup_aborts_and_exits_143() {
         .filter(|n| !n.to_string_lossy().ends_with(".lock"))
         .collect();
     assert!(left.is_empty(), "spool not cleaned: {left:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// TLS: LIFEBOAT_S3_CA_FILE adds a trust anchor for the endpoint
+
+/// A test CA (written to `dir/ca.pem`) and a server config for 127.0.0.1 signed by it.
+fn test_ca(dir: &Path) -> (PathBuf, Arc<rustls::ServerConfig>) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&leaf_key, &ca, &ca_key)
+        .unwrap();
+    let ca_file = dir.join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::try_from(leaf_key.serialize_der()).unwrap();
+    let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![leaf.der().clone()], key)
+    .unwrap();
+    (ca_file, Arc::new(cfg))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_custom_ca_file_is_trusted_and_required() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (ca_file, tls) = test_ca(tmp.path());
+    let server = Server::start_with(Some(tls)).await;
+    let endpoint = server.https_endpoint();
+    let trusted = server
+        .s3_store(&[
+            ("AWS_ENDPOINT_URL", &endpoint),
+            ("LIFEBOAT_S3_CA_FILE", ca_file.to_str().unwrap()),
+        ])
+        .await;
+    trusted.put_bytes("c/b/m", b"over TLS").await.unwrap();
+    assert_eq!(trusted.get_bytes("c/b/m").await.unwrap(), b"over TLS");
+    // Without the CA the system roots do not know the server: a clear, final error.
+    let untrusted = server
+        .s3_store(&[
+            ("AWS_ENDPOINT_URL", &endpoint),
+            ("LIFEBOAT_STORE_MAX_ATTEMPTS", "1"),
+        ])
+        .await;
+    let e = untrusted.get_bytes("c/b/m").await.unwrap_err().to_string();
+    assert!(
+        e.contains("cannot reach the S3 endpoint") && e.contains("LIFEBOAT_S3_CA_FILE"),
+        "{e}"
+    );
 }
