@@ -521,10 +521,10 @@ async fn check_status(
     let text = String::from_utf8_lossy(&body[..body.len().min(MAX_ERROR_BODY)]);
     let code = xml_tag(&text, "Code").unwrap_or("");
     let message = xml_tag(&text, "Message").unwrap_or("");
-    let detail = if code.is_empty() {
-        format!("HTTP {}", status.as_u16())
-    } else {
-        format!("HTTP {} {code}: {}", status.as_u16(), scrub(message))
+    let detail = match (code, message) {
+        ("", _) => format!("HTTP {}", status.as_u16()),
+        (code, "") => format!("HTTP {} {code}", status.as_u16()),
+        (code, message) => format!("HTTP {} {code}: {}", status.as_u16(), scrub(message)),
     };
     let expired = status == StatusCode::FORBIDDEN
         || matches!(

@@ -28,7 +28,7 @@ use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::{
     Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
 };
-use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{
     CompletedMultipartUpload, CompletedPart, ServerSideEncryption, StorageClass,
@@ -354,7 +354,7 @@ impl S3Store {
             return Err(Error::Config(format!(
                 "no AWS credentials found for s3://{} (tried AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, web identity (IRSA), the AWS profile and instance metadata): {}",
                 cfg.bucket,
-                DisplayErrorContext(&e)
+                crate::error::chain(&e)
             )));
         }
         let (calc, validate) = if cfg.checksum_when_supported {
@@ -605,7 +605,7 @@ impl S3Store {
         }
         let data =
             out.body.collect().await.map_err(|e| {
-                Error::Store(format!("downloading {url}: {}", DisplayErrorContext(&e)))
+                Error::Store(format!("downloading {url}: {}", crate::error::chain(&e)))
             })?;
         Ok(data.into_bytes().to_vec())
     }
@@ -633,7 +633,7 @@ impl S3Store {
                     ))
                 })?
                 .map_err(|e| {
-                    Error::Store(format!("downloading {url}: {}", DisplayErrorContext(&e)))
+                    Error::Store(format!("downloading {url}: {}", crate::error::chain(&e)))
                 })?;
             let Some(chunk) = chunk else { break };
             file.write_all(&chunk)
@@ -803,15 +803,15 @@ where
         ),
         SdkError::DispatchFailure(d) if d.is_timeout() => format!(
             "{op} {target}: timed out (LIFEBOAT_STORE_CONNECT_TIMEOUT / LIFEBOAT_STORE_READ_TIMEOUT): {}",
-            DisplayErrorContext(&err)
+            crate::error::chain(&err)
         ),
         SdkError::DispatchFailure(_) => format!(
             "{op} {target}: cannot reach the S3 endpoint (check AWS_ENDPOINT_URL / network / LIFEBOAT_S3_CA_FILE): {}",
-            DisplayErrorContext(&err)
+            crate::error::chain(&err)
         ),
         SdkError::ConstructionFailure(_) => format!(
             "{op} {target}: could not build the request: {}",
-            DisplayErrorContext(&err)
+            crate::error::chain(&err)
         ),
         _ => {
             let code = err.code().unwrap_or("");
@@ -840,7 +840,7 @@ where
                 ("", Some(403)) => format!(
                     "{op} {target}: HTTP 403 without details (S3 sends none for HEAD): authentication failed or access denied: check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY and the bucket policy"
                 ),
-                ("", Some(s)) => format!("{op} {target}: HTTP {s}: {}", DisplayErrorContext(&err)),
+                ("", Some(s)) => format!("{op} {target}: HTTP {s}: {}", crate::error::chain(&err)),
                 _ => format!(
                     "{op} {target}: {code}: {detail}{}",
                     status.map(|s| format!(" (HTTP {s})")).unwrap_or_default()
