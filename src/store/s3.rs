@@ -434,18 +434,24 @@ impl S3Store {
             let bytes = tokio::fs::read(src)
                 .await
                 .map_err(|e| Error::io(format!("reading {}", src.display()), e))?;
-            return self.put_bytes(key, &bytes).await;
+            return self.put_object(key, bytes).await;
         }
         self.put_multipart(key, src, size).await
     }
 
     pub async fn put_bytes(&self, key: &str, bytes: &[u8]) -> Result<ObjectMeta> {
+        self.put_object(key, bytes.to_vec()).await
+    }
+
+    /// One `PutObject` (the body is kept for retries).
+    async fn put_object(&self, key: &str, bytes: Vec<u8>) -> Result<ObjectMeta> {
+        let size = bytes.len() as u64;
         let full = self.full_key(key);
         self.client
             .put_object()
             .bucket(&self.bucket)
             .key(&full)
-            .body(ByteStream::from(bytes.to_vec()))
+            .body(ByteStream::from(bytes))
             .set_server_side_encryption(self.sse_type())
             .set_ssekms_key_id(self.kms_key())
             .set_storage_class(self.storage_class.clone())
@@ -454,7 +460,7 @@ impl S3Store {
             .map_err(|e| s3_error("uploading", &self.bucket, &self.url(&full), e))?;
         Ok(ObjectMeta {
             key: key.to_string(),
-            size: bytes.len() as u64,
+            size,
         })
     }
 
