@@ -1170,3 +1170,19 @@ async fn s3_custom_ca_file_is_trusted_and_required() {
         "{e}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_checksum_when_supported_round_trips() {
+    // The opt-in mode (CRC on every upload, checked on download) against a store that supports it.
+    let server = Server::start().await;
+    let store = server
+        .s3_store(&[("LIFEBOAT_S3_CHECKSUM", "when_supported")])
+        .await;
+    let tmp = tempfile::tempdir().unwrap();
+    let bytes = data(PART + 99, 11);
+    let src = write_tmp(tmp.path(), "f", &bytes);
+    store.put_file("c/b/crc", &src).await.unwrap();
+    let dest = tmp.path().join("back");
+    store.get_to_file("c/b/crc", &dest).await.unwrap();
+    assert!(std::fs::read(&dest).unwrap() == bytes);
+}
