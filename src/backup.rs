@@ -21,7 +21,7 @@ use crate::manifest::{self, Durations, Manifest, StatusRecord};
 use crate::snapshot::cursor::ReadAt;
 use crate::snapshot::{self, Trailer};
 use crate::spool::{GrowingFile, Spool};
-use crate::store::{Location, Store};
+use crate::store::{Location, Store, StoreConfig};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Compression {
@@ -41,7 +41,7 @@ impl Compression {
 #[derive(Debug, Clone)]
 pub struct BackupConfig {
     pub etcd: EtcdConfig,
-    pub store: Location,
+    pub store: StoreConfig,
     pub cluster_name: String,
     pub spool_dir: PathBuf,
     pub compression: Compression,
@@ -50,18 +50,24 @@ pub struct BackupConfig {
 
 impl BackupConfig {
     pub fn from_env(env: &Env) -> Result<Self> {
-        let store = Location::parse(
-            "LIFEBOAT_STORE",
-            env.get("LIFEBOAT_STORE")
-                .unwrap_or("file:///var/lib/etcd-lifeboat/backups"),
-        )?;
+        let store = StoreConfig::from_env(env, "file:///var/lib/etcd-lifeboat/backups")?;
         let cluster_name = env
             .get("LIFEBOAT_CLUSTER_NAME")
             .unwrap_or("default")
             .to_string();
         manifest::check_cluster_name(&cluster_name)?;
+        // A presigned URL gets the raw snapshot, exactly as `etcdctl snapshot save` writes it, so
+        // that HyperShift's restoreSnapshotURL and `etcdutl snapshot restore` can consume it.
+        let default_compression = match store.location {
+            Location::Presigned(_) => "none",
+            _ => "zstd",
+        };
         let compression = match env
-            .choice("LIFEBOAT_COMPRESSION", "zstd", &["zstd", "none"])?
+            .choice(
+                "LIFEBOAT_COMPRESSION",
+                default_compression,
+                &["zstd", "none"],
+            )?
             .as_str()
         {
             "none" => Compression::None,
@@ -176,8 +182,9 @@ pub async fn run(cfg: &BackupConfig, clock: &(dyn Fn() -> SystemTime + Sync)) ->
         &cfg.spool_dir
             .join(format!(".etcd-lifeboat-{}.lock", cfg.cluster_name)),
     )?;
-    let store = Store::open(&cfg.store)?;
-    let _store_lock = match &cfg.store {
+    let store = Store::open(&cfg.store).await?;
+    let caps = store.capabilities();
+    let _store_lock = match &cfg.store.location {
         Location::Local(dir) => {
             crate::fsutil::create_dir_private(&dir.join(&cfg.cluster_name))?;
             Some(RunLock::acquire(
@@ -290,15 +297,16 @@ pub async fn run(cfg: &BackupConfig, clock: &(dyn Fn() -> SystemTime + Sync)) ->
     let object_key = format!("{dir}/{object_name}");
     let t_upload = Instant::now();
     let put = store.put_file(&object_key, &upload_path).await?;
-    match store.head(&object_key).await? {
-        Some(h) if h.size == stored_size && put.size == stored_size => {}
-        other => {
-            let _ = store.delete(&object_key).await;
-            return Err(Error::Store(format!(
-                "read-back of {object_key} failed: expected {stored_size} bytes, store reports {:?}",
-                other.map(|h| h.size)
-            )));
-        }
+    // A presigned URL is signed for PUT only: the store's own success answer is all there is.
+    let stored = match caps.read_back {
+        true => store.head(&object_key).await?.map(|h| h.size),
+        false => Some(put.size),
+    };
+    if stored != Some(stored_size) || put.size != stored_size {
+        let _ = store.delete(&object_key).await;
+        return Err(Error::Store(format!(
+            "read-back of {object_key} failed: expected {stored_size} bytes, store reports {stored:?}"
+        )));
     }
     let upload_time = t_upload.elapsed();
 
@@ -340,15 +348,23 @@ pub async fn run(cfg: &BackupConfig, clock: &(dyn Fn() -> SystemTime + Sync)) ->
         },
     };
     let manifest_key = format!("{dir}/{}", manifest::MANIFEST_NAME);
-    if let Err(e) = store.put_bytes(&manifest_key, &m.to_json()).await {
-        let _ = store.delete(&object_key).await;
-        return Err(e);
+    if caps.manifest {
+        if let Err(e) = store.put_bytes(&manifest_key, &m.to_json()).await {
+            let _ = store.delete(&object_key).await;
+            return Err(e);
+        }
+    } else {
+        tracing::warn!(
+            "no manifest stored: set LIFEBOAT_MANIFEST_URL to a second presigned URL to keep one"
+        );
     }
-    let back = Manifest::from_json(&manifest_key, &store.get_bytes(&manifest_key).await?)?;
-    if back != m {
-        return Err(Error::Store(format!(
-            "read-back of {manifest_key} differs from what was written"
-        )));
+    if caps.manifest && caps.read_back {
+        let back = Manifest::from_json(&manifest_key, &store.get_bytes(&manifest_key).await?)?;
+        if back != m {
+            return Err(Error::Store(format!(
+                "read-back of {manifest_key} differs from what was written"
+            )));
+        }
     }
     let secs = t0.elapsed().as_secs_f64().max(1e-3);
     tracing::info!(
@@ -360,4 +376,40 @@ pub async fn run(cfg: &BackupConfig, clock: &(dyn Fn() -> SystemTime + Sync)) ->
         "backup complete"
     );
     Ok(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(pairs: &[(&str, &str)]) -> BackupConfig {
+        let mut all = vec![("LIFEBOAT_ETCD_ENDPOINTS", "http://127.0.0.1:2379")];
+        all.extend_from_slice(pairs);
+        BackupConfig::from_env(&Env::from_pairs(all)).unwrap()
+    }
+
+    #[test]
+    fn presigned_urls_get_the_raw_snapshot_unless_compression_is_set() {
+        let url = "https://h/b/snap.db?X-Amz-Signature=abc";
+        assert_eq!(
+            cfg(&[("LIFEBOAT_STORE", url)]).compression,
+            Compression::None
+        );
+        assert_eq!(
+            cfg(&[("LIFEBOAT_STORE", url), ("LIFEBOAT_COMPRESSION", "zstd")]).compression,
+            Compression::Zstd(3)
+        );
+        assert_eq!(
+            cfg(&[("LIFEBOAT_STORE", "file:///b")]).compression,
+            Compression::Zstd(3)
+        );
+        assert_eq!(
+            cfg(&[
+                ("LIFEBOAT_STORE", "s3://bucket/p"),
+                ("AWS_REGION", "eu-west-1")
+            ])
+            .compression,
+            Compression::Zstd(3)
+        );
+    }
 }

@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::retention::Policy;
 use crate::snapshot::status::{self, Compat, TableStyle};
 use crate::snapshot::{self, Trailer};
-use crate::store::{Location, Store};
+use crate::store::Store;
 
 pub fn run(cmd: Command, env: &Env) -> Result<()> {
     match cmd {
@@ -57,7 +57,7 @@ pub fn run(cmd: Command, env: &Env) -> Result<()> {
                 // Retention after a successful backup: failures are logged, never fatal.
                 if !policy.is_empty() {
                     let res = async {
-                        let store = crate::store::Store::open(&cfg.store)?;
+                        let store = crate::store::Store::open(&cfg.store).await?;
                         let cat = catalog::load(&store, &cfg.cluster_name).await?;
                         let plan = catalog::plan_prune(&cat, &policy, SystemTime::now());
                         catalog::prune(&store, &cfg.cluster_name, &cat, &plan, dry_run).await
@@ -79,15 +79,19 @@ pub fn run(cmd: Command, env: &Env) -> Result<()> {
             with_runtime(crate::restore::job::run(&cfg, SystemTime::now())).map(|_| ())
         }
         Command::List { write_out } => {
-            let (store, cluster) = open_store(env)?;
-            let cat = with_runtime(catalog::load(&store, &cluster))?;
+            let (sc, cluster) = open_store(env)?;
+            let cat = with_runtime(async {
+                let store = Store::open(&sc).await?;
+                catalog::load(&store, &cluster).await
+            })?;
             print!("{}", render_list(&cat, write_out));
             Ok(())
         }
         Command::Verify { id } => {
-            let (store, cluster) = open_store(env)?;
+            let (sc, cluster) = open_store(env)?;
             let spool = spool_dir(env)?;
             with_runtime(async {
+                let store = Store::open(&sc).await?;
                 let cat = catalog::load(&store, &cluster).await?;
                 let m = catalog::select(&cat, id.as_deref())?;
                 tracing::info!(backup = %m.backup_id, object = %m.object_key, "verifying");
@@ -118,7 +122,7 @@ pub fn run(cmd: Command, env: &Env) -> Result<()> {
             })
         }
         Command::Fetch { id, dest } => {
-            let (store, cluster) = open_store(env)?;
+            let (sc, cluster) = open_store(env)?;
             let spool = spool_dir(env)?;
             let dest = std::path::PathBuf::from(dest);
             if dest.exists() {
@@ -128,6 +132,7 @@ pub fn run(cmd: Command, env: &Env) -> Result<()> {
                 )));
             }
             with_runtime(async {
+                let store = Store::open(&sc).await?;
                 let cat = catalog::load(&store, &cluster).await?;
                 let m = catalog::select(&cat, Some(&id))?;
                 let (file, report) = catalog::verify(&store, m, &spool).await?;
@@ -150,10 +155,11 @@ pub fn run(cmd: Command, env: &Env) -> Result<()> {
             })
         }
         Command::Prune => {
-            let (store, cluster) = open_store(env)?;
+            let (sc, cluster) = open_store(env)?;
             let policy = Policy::from_env(env)?;
             let dry_run = env.bool("LIFEBOAT_DRY_RUN", false)?;
             with_runtime(async {
+                let store = Store::open(&sc).await?;
                 let cat = catalog::load(&store, &cluster).await?;
                 let plan = catalog::plan_prune(&cat, &policy, SystemTime::now());
                 for d in &plan {
@@ -209,30 +215,29 @@ fn with_runtime<T>(work: impl Future<Output = Result<T>>) -> Result<T> {
         .build()
         .map_err(|e| Error::io("starting the async runtime", e))?;
     let out = rt.block_on(async {
-        tokio::select! {
+        let out = tokio::select! {
             r = work => r,
             sig = crate::shutdown::signal() => {
                 tracing::warn!(signal = %sig, "interrupted: cleaning up");
                 Err(Error::Interrupted(sig))
             }
-        }
+        };
+        // Dropped work may have left cleanups running (e.g. aborting a multipart upload).
+        crate::shutdown::finish_cleanups(Duration::from_secs(20)).await;
+        out
     });
     rt.shutdown_timeout(Duration::from_secs(5));
     out
 }
 
-fn open_store(env: &Env) -> Result<(Store, String)> {
-    let loc = Location::parse(
-        "LIFEBOAT_STORE",
-        env.get("LIFEBOAT_STORE")
-            .unwrap_or("file:///var/lib/etcd-lifeboat/backups"),
-    )?;
+fn open_store(env: &Env) -> Result<(crate::store::StoreConfig, String)> {
+    let loc = crate::store::StoreConfig::from_env(env, "file:///var/lib/etcd-lifeboat/backups")?;
     let cluster = env
         .get("LIFEBOAT_CLUSTER_NAME")
         .unwrap_or("default")
         .to_string();
     crate::manifest::check_cluster_name(&cluster)?;
-    Ok((Store::open(&loc)?, cluster))
+    Ok((loc, cluster))
 }
 
 fn spool_dir(env: &Env) -> Result<std::path::PathBuf> {

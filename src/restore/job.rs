@@ -15,7 +15,9 @@ use crate::restore::build::build_member;
 use crate::restore::cluster::{format_id, ClusterPlan};
 use crate::restore::install;
 use crate::snapshot::{self, Report, Trailer};
-use crate::store::{Location, Store};
+#[cfg(test)]
+use crate::store::Location;
+use crate::store::{Store, StoreConfig};
 
 /// Where the snapshot comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,7 +26,7 @@ pub enum Source {
     File(PathBuf),
     /// `latest` or a backup id in `LIFEBOAT_STORE` / `LIFEBOAT_CLUSTER_NAME`.
     Catalog {
-        store: Location,
+        store: StoreConfig,
         cluster: String,
         which: String,
     },
@@ -83,7 +85,8 @@ fn parse_source(env: &Env) -> Result<Source> {
             return Err(Error::Config(format!("LIFEBOAT_RESTORE_SOURCE: {raw:?}: expected s3://bucket[/prefix]/<cluster>/<backup-id>")));
         }
         let (id, cluster) = (parts[parts.len() - 1], parts[parts.len() - 2]);
-        let store = Location::parse(
+        let store = StoreConfig::parse(
+            env,
             "LIFEBOAT_RESTORE_SOURCE",
             &format!("s3://{}", parts[..parts.len() - 2].join("/")),
         )?;
@@ -98,11 +101,7 @@ fn parse_source(env: &Env) -> Result<Source> {
             "LIFEBOAT_RESTORE_SOURCE: {raw:?} is neither an absolute path, a URL, `latest` nor a backup id"
         )));
     }
-    let store = Location::parse(
-        "LIFEBOAT_STORE",
-        env.get("LIFEBOAT_STORE")
-            .unwrap_or("file:///var/lib/etcd-lifeboat/backups"),
-    )?;
+    let store = StoreConfig::from_env(env, "file:///var/lib/etcd-lifeboat/backups")?;
     let cluster = env
         .get("LIFEBOAT_CLUSTER_NAME")
         .unwrap_or("default")
@@ -263,7 +262,7 @@ async fn fetch(cfg: &RestoreConfig) -> Result<Fetched> {
             Ok(Fetched { path: p.clone(), _guard: None, report: None, label: p.display().to_string() })
         }
         Source::Catalog { store, cluster, which } => {
-            let store = Store::open(store)?;
+            let store = Store::open(store).await?;
             let cat = catalog::load(&store, cluster).await?;
             let m = catalog::select(&cat, Some(which))?;
             tracing::info!(backup = %m.backup_id, store = %store.describe(), "fetching and verifying backup");
@@ -613,7 +612,7 @@ mod tests {
                 which,
             } => {
                 assert_eq!(
-                    store,
+                    store.location,
                     Location::S3 {
                         bucket: "bkt".into(),
                         prefix: "pre/fix".into()

@@ -1,15 +1,23 @@
 //! Where backups live: one interface, several backends, one shared test suite.
 //!
 //! Keys are `/`-separated paths relative to the store root (`<cluster>/<backup-id>/manifest.json`).
-//! The store URL is parsed once at start-up (`Location::parse`); its `Display` never shows
-//! credentials or presigned signatures (`?REDACTED`). Backends are enum variants rather than a
-//! `dyn` trait because async trait methods are not object-safe; adding one is adding a variant.
+//! The store URL and every backend setting are parsed and validated once at start-up
+//! ([`StoreConfig::from_env`]); `Display`/`Debug` never show credentials or presigned signatures
+//! (`?REDACTED`). Backends are enum variants rather than a `dyn` trait because async trait methods
+//! are not object-safe; adding one is adding a variant. Not every backend can do everything: a
+//! presigned URL is one object signed for one HTTP method, so it cannot list, delete or read back
+//! what it wrote; [`Store::capabilities`] says so, and callers ask before they rely on it. The
+//! same test functions run against every backend (`tests/store_suite.rs`).
 
 pub mod local;
+pub mod net;
+pub mod presigned;
+pub mod s3;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use crate::config::Env;
 use crate::error::{Error, Result};
 
 /// A parsed `LIFEBOAT_STORE`.
@@ -118,27 +126,111 @@ pub fn check_key(key: &str) -> Result<()> {
     }
 }
 
+/// Everything needed to open the store: `LIFEBOAT_STORE` plus the settings of its backend, all
+/// validated by [`StoreConfig::from_env`] before anything runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoreConfig {
+    pub location: Location,
+    backend: BackendConfig,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum BackendConfig {
+    Local,
+    S3(Box<s3::S3Config>),
+    Presigned(Box<presigned::PresignedConfig>),
+}
+
+impl StoreConfig {
+    /// Read `LIFEBOAT_STORE` (default `default_url`) and the variables of the backend it names.
+    pub fn from_env(env: &Env, default_url: &str) -> Result<Self> {
+        let raw = env.get("LIFEBOAT_STORE").unwrap_or(default_url);
+        Self::parse(env, "LIFEBOAT_STORE", raw)
+    }
+
+    /// A store named by `raw` (read from variable `var`, for errors), with its backend's
+    /// settings from `env`: e.g. an `s3://` restore source that is not `LIFEBOAT_STORE`.
+    pub fn parse(env: &Env, var: &str, raw: &str) -> Result<Self> {
+        let location = Location::parse(var, raw)?;
+        if env.get("LIFEBOAT_MANIFEST_URL").is_some() && !matches!(location, Location::Presigned(_))
+        {
+            return Err(Error::Config(
+                "LIFEBOAT_MANIFEST_URL: only used when LIFEBOAT_STORE is a presigned URL".into(),
+            ));
+        }
+        let backend = match &location {
+            Location::Local(_) => BackendConfig::Local,
+            Location::S3 { bucket, prefix } => {
+                BackendConfig::S3(Box::new(s3::S3Config::from_env(env, bucket, prefix)?))
+            }
+            Location::Presigned(url) => BackendConfig::Presigned(Box::new(
+                presigned::PresignedConfig::from_env(env, var, url)?,
+            )),
+        };
+        Ok(StoreConfig { location, backend })
+    }
+
+    /// A directory store (no further settings).
+    pub fn local(dir: impl Into<PathBuf>) -> Self {
+        StoreConfig {
+            location: Location::Local(dir.into()),
+            backend: BackendConfig::Local,
+        }
+    }
+}
+
+/// What a backend can do beyond put and get.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capabilities {
+    /// `list` works.
+    pub list: bool,
+    /// `delete` works.
+    pub delete: bool,
+    /// What was written can be read back (`head`, `get_*`) through the same store.
+    pub read_back: bool,
+    /// A manifest (`…/manifest.json`) can be stored next to the object.
+    pub manifest: bool,
+}
+
 /// An opened store.
 pub enum Store {
     Local(local::LocalStore),
+    S3(s3::S3Store),
+    Presigned(presigned::PresignedStore),
 }
 
 impl Store {
-    pub fn open(loc: &Location) -> Result<Store> {
-        match loc {
-            Location::Local(dir) => Ok(Store::Local(local::LocalStore::new(dir.clone()))),
-            Location::S3 { .. } => Err(Error::Config(format!(
-                "LIFEBOAT_STORE: {loc}: the S3 backend is not built yet in this version"
-            ))),
-            Location::Presigned(_) => Err(Error::Config(format!(
-                "LIFEBOAT_STORE: {loc}: presigned URLs are not built yet in this version"
+    pub async fn open(cfg: &StoreConfig) -> Result<Store> {
+        match (&cfg.location, &cfg.backend) {
+            (Location::Local(dir), _) => Ok(Store::Local(local::LocalStore::new(dir.clone()))),
+            (_, BackendConfig::S3(c)) => Ok(Store::S3(s3::S3Store::open(c).await?)),
+            (_, BackendConfig::Presigned(c)) => {
+                Ok(Store::Presigned(presigned::PresignedStore::open(c)?))
+            }
+            (loc, BackendConfig::Local) => Err(Error::Internal(format!(
+                "store {loc} has no backend settings"
             ))),
         }
     }
 
+    /// Where this store is, for logs: never with credentials or signatures.
     pub fn describe(&self) -> String {
         match self {
             Store::Local(s) => format!("file://{}", s.root().display()),
+            Store::S3(s) => s.describe(),
+            Store::Presigned(s) => s.describe(),
+        }
+    }
+
+    pub fn capabilities(&self) -> Capabilities {
+        match self {
+            Store::Local(_) | Store::S3(_) => Capabilities {
+                list: true,
+                delete: true,
+                read_back: true,
+                manifest: true,
+            },
+            Store::Presigned(s) => s.capabilities(),
         }
     }
 
@@ -147,6 +239,8 @@ impl Store {
         check_key(key)?;
         match self {
             Store::Local(s) => s.put_file(key, src),
+            Store::S3(s) => s.put_file(key, src).await,
+            Store::Presigned(s) => s.put_file(key, src).await,
         }
     }
 
@@ -154,21 +248,29 @@ impl Store {
         check_key(key)?;
         match self {
             Store::Local(s) => s.put_bytes(key, bytes),
+            Store::S3(s) => s.put_bytes(key, bytes).await,
+            Store::Presigned(s) => s.put_bytes(key, bytes).await,
         }
     }
 
+    /// The whole object in memory: for small objects (manifests).
     pub async fn get_bytes(&self, key: &str) -> Result<Vec<u8>> {
         check_key(key)?;
         match self {
             Store::Local(s) => s.get_bytes(key),
+            Store::S3(s) => s.get_bytes(key).await,
+            Store::Presigned(s) => s.get_bytes(key).await,
         }
     }
 
-    /// Download `key` into `dest` (created 0600), returning its size.
+    /// Download `key` into `dest` (created 0600, streamed: never held in memory), returning its
+    /// size. On error `dest` may hold a partial download: the caller owns (and removes) it.
     pub async fn get_to_file(&self, key: &str, dest: &Path) -> Result<u64> {
         check_key(key)?;
         match self {
             Store::Local(s) => s.get_to_file(key, dest),
+            Store::S3(s) => s.get_to_file(key, dest).await,
+            Store::Presigned(s) => s.get_to_file(key, dest).await,
         }
     }
 
@@ -176,20 +278,28 @@ impl Store {
         check_key(key)?;
         match self {
             Store::Local(s) => s.head(key),
+            Store::S3(s) => s.head(key).await,
+            Store::Presigned(s) => s.head(key).await,
         }
     }
 
-    /// Every object whose key starts with `prefix` (a directory-like prefix ending in `/`).
+    /// Every object whose key starts with `prefix` (a directory-like prefix ending in `/`),
+    /// sorted by key.
     pub async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
         match self {
             Store::Local(s) => s.list(prefix),
+            Store::S3(s) => s.list(prefix).await,
+            Store::Presigned(s) => s.list(prefix),
         }
     }
 
+    /// Remove `key`; removing a missing key is not an error.
     pub async fn delete(&self, key: &str) -> Result<()> {
         check_key(key)?;
         match self {
             Store::Local(s) => s.delete(key),
+            Store::S3(s) => s.delete(key).await,
+            Store::Presigned(s) => s.delete(key),
         }
     }
 }
@@ -244,6 +354,29 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(!e.contains("secret") && !e.contains("sig=1"), "{e}");
+    }
+
+    #[test]
+    fn store_config_checks_backend_settings() {
+        let env = Env::from_pairs([
+            ("LIFEBOAT_STORE", "file:///b"),
+            ("LIFEBOAT_MANIFEST_URL", "https://h/m?sig=x"),
+        ]);
+        let e = StoreConfig::from_env(&env, "").unwrap_err().to_string();
+        assert!(e.contains("LIFEBOAT_MANIFEST_URL"), "{e}");
+        let env = Env::from_pairs([("LIFEBOAT_STORE", "http://example.com/b/k?X-Amz-Signature=s")]);
+        let e = StoreConfig::from_env(&env, "").unwrap_err().to_string();
+        assert!(
+            e.contains("LIFEBOAT_STORE") && e.contains("loopback"),
+            "{e}"
+        );
+        let env = Env::from_pairs([("LIFEBOAT_S3_PART_SIZE", "1MiB")]);
+        let e = StoreConfig::from_env(&env, "s3://bucket/p")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("LIFEBOAT_S3_PART_SIZE"), "{e}");
+        let c = StoreConfig::from_env(&Env::default(), "file:///b").unwrap();
+        assert_eq!(c.location, Location::Local("/b".into()));
     }
 
     #[test]
