@@ -1032,8 +1032,8 @@ async fn start_etcd() -> Etcd {
     panic!("etcd did not come up on {}", etcd.endpoint);
 }
 
-/// Needs etcd from `scripts/install-deps.sh` and a backup pipeline whose snapshot check passes
-/// (the scanner is on main, not on this branch's base): run with `--ignored` after merging.
+/// End to end with a real etcd (from `scripts/install-deps.sh`): SIGTERM while the multipart upload
+/// is in flight → the upload is aborted on the server, nothing is listed, exit 143.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_mid_multipart_backup_aborts_and_exits_143() {
     let etcd = start_etcd().await;
