@@ -1,0 +1,34 @@
+//! A loopback S3 server for the demo and the benchmarks: `s3s` + `s3s-fs` (the same in-process
+//! server the store test suite uses), checking SigV4 signatures for real, serving a directory.
+//!
+//!   cargo run --example s3_server -- <root-dir> <bucket> <access-key> <secret-key>
+//!
+//! Prints `http://127.0.0.1:<port>` on the first line of stdout once it listens, then serves until
+//! killed. Only ever binds 127.0.0.1.
+
+use std::io::Write;
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let [root, bucket, ak, sk] = args.as_slice() else {
+        eprintln!("usage: s3_server <root-dir> <bucket> <access-key> <secret-key>");
+        std::process::exit(2);
+    };
+    std::fs::create_dir_all(std::path::Path::new(root).join(bucket))?;
+    let fs = s3s_fs::FileSystem::new(root).map_err(|e| format!("s3s-fs on {root}: {e:?}"))?;
+    let mut builder = s3s::service::S3ServiceBuilder::new(fs);
+    builder.set_auth(s3s::auth::SimpleAuth::from_single(ak.as_str(), sk.as_str()));
+    let svc = builder.build();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    println!("http://{}", listener.local_addr()?);
+    std::io::stdout().flush()?;
+    loop {
+        let (sock, _) = listener.accept().await?;
+        let svc = svc.clone();
+        tokio::spawn(async move {
+            let io = hyper_util::rt::TokioIo::new(sock);
+            let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, svc).await;
+        });
+    }
+}
