@@ -27,9 +27,9 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
-# The Debian etcd-server package starts a system etcd on :2379; tests use their own ports, but stop it anyway.
+# The Debian etcd-server package may start a system etcd on :2379 (tests never use that port). Stop the
+# service only: never kill other etcd processes, they may belong to a test run in progress.
 if command -v systemctl >/dev/null && systemctl is-active --quiet etcd 2>/dev/null; then $SUDO systemctl stop etcd || true; fi
-pkill -x etcd 2>/dev/null || true
 
 # etcd 3.5.30 from Debian unstable, unpacked privately.
 e3530="$deps/etcd-3.5.30"

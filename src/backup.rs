@@ -397,11 +397,11 @@ mod tests {
         );
         assert_eq!(
             cfg(&[("LIFEBOAT_STORE", url), ("LIFEBOAT_COMPRESSION", "zstd")]).compression,
-            Compression::Zstd(3)
+            Compression::Zstd(1)
         );
         assert_eq!(
             cfg(&[("LIFEBOAT_STORE", "file:///b")]).compression,
-            Compression::Zstd(3)
+            Compression::Zstd(1)
         );
         assert_eq!(
             cfg(&[
@@ -409,7 +409,7 @@ mod tests {
                 ("AWS_REGION", "eu-west-1")
             ])
             .compression,
-            Compression::Zstd(3)
+            Compression::Zstd(1)
         );
     }
 }
