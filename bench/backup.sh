@@ -6,6 +6,7 @@
 #
 #   bench/backup.sh
 #   BENCH_COMPRESSION=none bench/backup.sh      # measure without zstd
+#   BENCH_STORES=s3 bench/backup.sh             # only the loopback S3 store (examples/s3_server.rs)
 #   LIFEBOAT_BIN=path/to/etcd-lifeboat bench/backup.sh
 set -euo pipefail
 # shellcheck source=bench/lib.sh
@@ -20,6 +21,7 @@ else
   (cd "$BENCH_ROOT" && cargo build --release --quiet --bin etcd-lifeboat) || bench_die "cargo build failed"
   ours=$BENCH_ROOT/target/release/etcd-lifeboat
 fi
+(cd "$BENCH_ROOT" && cargo build --release --quiet --example s3_server) || bench_die "cargo build failed"
 bench_build_db
 bench_etcd_start "$BENCH_DB_DIR" --quota-backend-bytes="${BENCH_QUOTA:-8589934592}"
 
@@ -29,31 +31,44 @@ mkdir -p "$res" "$out/spool"
 
 modes=(zstd none)
 [ -n "${BENCH_COMPRESSION:-}" ] && modes=("$BENCH_COMPRESSION")
+stores=(${BENCH_STORES:-local s3})
 
-run_tool() { # TOOL MODE
-  rm -rf "$out/store" "$out/saved.db"
+# The loopback S3 server (s3s-fs, SigV4 checked), on this machine only.
+mkdir -p "$out/s3"
+"$BENCH_ROOT/target/release/examples/s3_server" "$out/s3" bench BENCHKEY bench-secret-not-real >"$out/s3.url" 2>"$out/s3.log" &
+s3_pid=$!
+trap 'kill "$s3_pid" 2>/dev/null || true; bench_cleanup' EXIT
+for _ in $(seq 100); do [ -s "$out/s3.url" ] && break; sleep 0.1; done
+s3_url=$(head -n1 "$out/s3.url")
+
+run_tool() { # TOOL MODE STORE
+  rm -rf "$out/store" "$out/saved.db" "$out/s3/bench/bench"
   case $1 in
     etcdctl)
       bench_run "$res/etcdctl" env ETCDCTL_API=3 "$BENCH_ETCD_DIR/etcdctl" --endpoints="$BENCH_ENDPOINT" \
         --cacert="$BENCH_CA" --cert="$BENCH_CERT" --key="$BENCH_KEY" snapshot save "$out/saved.db" ;;
     ours)
-      bench_run "$res/ours-$2" env LIFEBOAT_ETCD_ENDPOINTS="$BENCH_ENDPOINT" LIFEBOAT_ETCD_CACERT="$BENCH_CA" \
-        LIFEBOAT_ETCD_CERT="$BENCH_CERT" LIFEBOAT_ETCD_KEY="$BENCH_KEY" LIFEBOAT_STORE="file://$out/store" \
+      local store="file://$out/store"
+      [ "$3" = s3 ] && store=s3://bench/lifeboat
+      bench_run "$res/ours-$2-$3" env LIFEBOAT_ETCD_ENDPOINTS="$BENCH_ENDPOINT" LIFEBOAT_ETCD_CACERT="$BENCH_CA" \
+        LIFEBOAT_ETCD_CERT="$BENCH_CERT" LIFEBOAT_ETCD_KEY="$BENCH_KEY" LIFEBOAT_STORE="$store" \
+        AWS_ENDPOINT_URL_S3="$s3_url" AWS_REGION=us-east-1 AWS_ACCESS_KEY_ID=BENCHKEY \
+        AWS_SECRET_ACCESS_KEY=bench-secret-not-real LIFEBOAT_S3_PATH_STYLE=true \
         LIFEBOAT_SPOOL_DIR="$out/spool" LIFEBOAT_COMPRESSION="$2" LIFEBOAT_CLUSTER_NAME=bench "$ours" backup ;;
   esac
 }
 
 for ((i = 1; i <= runs; i++)); do
   run_tool etcdctl -
-  for m in "${modes[@]}"; do run_tool ours "$m"; done
+  for st in "${stores[@]}"; do for m in "${modes[@]}"; do run_tool ours "$m" "$st"; done; done
 done
 
 printf '\nbackup of the %s benchmark database, median of %d runs\n' "$(bench_human "$(stat -c %s "$BENCH_DB_DIR/member/snap/db")")" "$runs"
 printf '%-34s  %10s  %8s  %14s\n' tool "wall (s)" ratio "peak RSS (MiB)"
 read -r base _ < <(bench_summary "$res/etcdctl")
 printf '%-34s  %10s  %8s  %14s\n' "etcdctl 3.5.30 snapshot save" "$base" "1.00" "$(bench_summary "$res/etcdctl" | awk '{print $2}')"
-for m in "${modes[@]}"; do
-  read -r wall rss < <(bench_summary "$res/ours-$m")
-  printf '%-34s  %10s  %8s  %14s\n' "etcd-lifeboat backup ($m)" "$wall" "$(awk -v a="$wall" -v b="$base" 'BEGIN { printf "%.2f", a / b }')" "$rss"
-done
+for st in "${stores[@]}"; do for m in "${modes[@]}"; do
+  read -r wall rss < <(bench_summary "$res/ours-$m-$st")
+  printf '%-34s  %10s  %8s  %14s\n' "etcd-lifeboat backup ($st, $m)" "$wall" "$(awk -v a="$wall" -v b="$base" 'BEGIN { printf "%.2f", a / b }')" "$rss"
+done; done
 printf 'raw runs: %s\n' "$res"
