@@ -30,8 +30,8 @@ pub enum Source {
         cluster: String,
         which: String,
     },
-    /// A presigned (or loopback http) URL of a raw snapshot.
-    Url(String),
+    /// A presigned (or loopback http) URL of a snapshot file (raw, or zstd-compressed).
+    Url(StoreConfig),
 }
 
 #[derive(Debug, Clone)]
@@ -76,7 +76,11 @@ fn parse_source(env: &Env) -> Result<Source> {
     }
     let lower = raw.to_ascii_lowercase();
     if lower.starts_with("https://") || lower.starts_with("http://") {
-        return Ok(Source::Url(raw.to_string()));
+        return Ok(Source::Url(StoreConfig::parse(
+            env,
+            "LIFEBOAT_RESTORE_SOURCE",
+            raw,
+        )?));
     }
     if let Some(rest) = raw.strip_prefix("s3://") {
         // s3://bucket[/prefix]/<cluster>/<id>
@@ -258,21 +262,82 @@ async fn inspect_blocking(path: &Path) -> Result<Report> {
 async fn fetch(cfg: &RestoreConfig) -> Result<Fetched> {
     match &cfg.source {
         Source::File(p) => {
-            std::fs::metadata(p).map_err(|e| Error::Config(format!("LIFEBOAT_RESTORE_SOURCE: cannot read {}: {e}", p.display())))?;
-            Ok(Fetched { path: p.clone(), _guard: None, report: None, label: p.display().to_string() })
+            std::fs::metadata(p).map_err(|e| {
+                Error::Config(format!(
+                    "LIFEBOAT_RESTORE_SOURCE: cannot read {}: {e}",
+                    p.display()
+                ))
+            })?;
+            Ok(Fetched {
+                path: p.clone(),
+                _guard: None,
+                report: None,
+                label: p.display().to_string(),
+            })
         }
-        Source::Catalog { store, cluster, which } => {
+        Source::Catalog {
+            store,
+            cluster,
+            which,
+        } => {
             let store = Store::open(store).await?;
             let cat = catalog::load(&store, cluster).await?;
             let m = catalog::select(&cat, Some(which))?;
             tracing::info!(backup = %m.backup_id, store = %store.describe(), "fetching and verifying backup");
             let (guard, report) = catalog::verify(&store, m, &cfg.spool_dir).await?;
-            Ok(Fetched { path: guard.path().to_path_buf(), _guard: Some(guard), report: Some(report), label: format!("{}/{}", cluster, m.backup_id) })
+            Ok(Fetched {
+                path: guard.path().to_path_buf(),
+                _guard: Some(guard),
+                report: Some(report),
+                label: format!("{}/{}", cluster, m.backup_id),
+            })
         }
-        Source::Url(u) => Err(Error::Config(format!(
-            "LIFEBOAT_RESTORE_SOURCE: {}: restoring from a URL is not built yet in this version; download the snapshot and give its path",
-            crate::store::redact_url(u)
-        ))),
+        Source::Url(sc) => {
+            let store = Store::open(sc).await?;
+            let label = sc.location.to_string();
+            let dl = RemoveOnDrop::new(cfg.spool_dir.join(format!(
+                "etcd-lifeboat-restore-{}.download",
+                std::process::id()
+            )));
+            let size = store.get_to_file("snapshot.db", dl.path()).await?;
+            tracing::info!(source = %label, bytes = size, "downloaded");
+            // A zstd object (an etcd-lifeboat backup) is decompressed; a raw snapshot is used as is.
+            let mut magic = [0u8; 4];
+            let is_zstd = std::fs::File::open(dl.path())
+                .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
+                .is_ok()
+                && magic == [0x28, 0xb5, 0x2f, 0xfd];
+            if !is_zstd {
+                return Ok(Fetched {
+                    path: dl.path().to_path_buf(),
+                    _guard: Some(dl),
+                    report: None,
+                    label,
+                });
+            }
+            let out = RemoveOnDrop::new(
+                cfg.spool_dir
+                    .join(format!("etcd-lifeboat-restore-{}.db", std::process::id())),
+            );
+            let (src, dest) = (dl.path().to_path_buf(), out.path().to_path_buf());
+            tokio::task::spawn_blocking(move || -> Result<()> {
+                let input = std::fs::File::open(&src)
+                    .map_err(|e| Error::io(format!("opening {}", src.display()), e))?;
+                let mut output = crate::fsutil::create_private(&dest)?;
+                zstd::stream::copy_decode(input, &mut output).map_err(|e| {
+                    Error::Verify(format!("the downloaded snapshot does not decompress: {e}"))
+                })
+            })
+            .await
+            .map_err(|e| Error::Internal(format!("worker thread failed: {e}")))??;
+            drop(dl);
+            Ok(Fetched {
+                path: out.path().to_path_buf(),
+                _guard: Some(out),
+                report: None,
+                label,
+            })
+        }
     }
 }
 
@@ -605,6 +670,10 @@ mod tests {
             src("https://b.s3.amazonaws.com/x?X-Amz-Signature=1").unwrap(),
             Source::Url(_)
         ));
+        assert!(
+            src("http://10.0.0.1/x?X-Amz-Signature=1").is_err(),
+            "plain http only on loopback"
+        );
         match src("s3://bkt/pre/fix/prod/20261122T043330Z-r5").unwrap() {
             Source::Catalog {
                 store,
