@@ -63,7 +63,7 @@ pub const VARS: &[Var] = &[
     Var { name: "LIFEBOAT_S3_SSE_KMS_KEY_ID", default: "", help: "S3: KMS key id/ARN/alias for LIFEBOAT_S3_SSE=aws:kms (unset: the bucket's default key)", commands: &[Backup] },
     Var { name: "LIFEBOAT_S3_STORAGE_CLASS", default: "", help: "S3: storage class of uploads, e.g. STANDARD_IA (unset: the bucket's default)", commands: &[Backup] },
     Var { name: "LIFEBOAT_S3_CHECKSUM", default: "when_required", help: "S3: `when_required` (works with S3-compatible stores) or `when_supported` (the SDK adds a CRC to every upload and checks downloads)", commands: STORE },
-    Var { name: "LIFEBOAT_S3_PART_SIZE", default: "16MiB", help: "S3: multipart part size (5MiB to 5GiB); smaller files are one PUT", commands: &[Backup] },
+    Var { name: "LIFEBOAT_S3_PART_SIZE", default: "8MiB", help: "S3: multipart part size (5MiB to 5GiB); smaller files are one PUT", commands: &[Backup] },
     Var { name: "LIFEBOAT_S3_PARTS_IN_FLIGHT", default: "4", help: "S3: parts uploaded in parallel; upload memory is at most part size x this", commands: &[Backup] },
     Var { name: "LIFEBOAT_CLUSTER_NAME", default: "default", help: "name of this cluster in the store layout <prefix>/<cluster-name>/<backup-id>/", commands: STORE },
     Var { name: "LIFEBOAT_SPOOL_DIR", default: "/tmp", help: "local directory for the snapshot while it is verified (needs room for the DB)", commands: &[Backup, Restore, Verify, Fetch] },

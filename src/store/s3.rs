@@ -206,7 +206,7 @@ impl S3Config {
         )? == "when_supported";
         let part_size = parse_size(
             "LIFEBOAT_S3_PART_SIZE",
-            env.get("LIFEBOAT_S3_PART_SIZE").unwrap_or("16MiB"),
+            env.get("LIFEBOAT_S3_PART_SIZE").unwrap_or("8MiB"),
         )?;
         if !(MIN_PART_SIZE..=MAX_PART_SIZE).contains(&part_size) {
             return Err(Error::Config(format!(
@@ -882,7 +882,7 @@ mod tests {
     #[test]
     fn defaults() {
         let c = S3Config::from_env(&env(&[]), "b", "p/").unwrap();
-        assert_eq!(c.part_size, 16 << 20);
+        assert_eq!(c.part_size, 8 << 20);
         assert_eq!(c.parts_in_flight, 4);
         assert!(!c.checksum_when_supported && !c.path_style);
         assert_eq!(c.prefix, "p");
