@@ -227,6 +227,18 @@ pub async fn verify(
             m.backup_id, s.hash, s.revision, s.total_key, s.total_size, m.status.hash, m.status.revision, m.status.total_key, m.status.total_size
         )));
     }
+    // The database alone matching is not enough: the file must be the snapshot the backup stored
+    // (trailer included), or a stripped or re-trailered object would pass as this backup.
+    if report.file_len != m.snapshot_size || hex::encode(report.file_sha256) != m.snapshot_sha256 {
+        return Err(Error::Verify(format!(
+            "{}: the snapshot file ({} bytes, sha256 {}) is not the one the manifest records ({} bytes, sha256 {})",
+            m.backup_id,
+            report.file_len,
+            hex::encode(report.file_sha256),
+            m.snapshot_size,
+            m.snapshot_sha256
+        )));
+    }
     Ok((file, report))
 }
 
