@@ -221,7 +221,15 @@ pub async fn verify(
         && s.revision == m.status.revision
         && s.total_key == m.status.total_key
         && s.total_size == m.status.total_size;
-    if !same || hex::encode(report.db_sha256) != m.db_sha256 {
+    if hex::encode(report.db_sha256) != m.db_sha256 {
+        return Err(Error::Verify(format!(
+            "{}: the database hashes to sha256 {}, the manifest records {}",
+            m.backup_id,
+            hex::encode(report.db_sha256),
+            m.db_sha256
+        )));
+    }
+    if !same {
         return Err(Error::Verify(format!(
             "{}: the snapshot's status (hash {:x}, revision {}, keys {}, size {}) differs from its manifest (hash {:x}, revision {}, keys {}, size {})",
             m.backup_id, s.hash, s.revision, s.total_key, s.total_size, m.status.hash, m.status.revision, m.status.total_key, m.status.total_size
