@@ -47,7 +47,10 @@ fn page(db: &[u8], ps: usize, id: u64) -> &[u8] {
 }
 
 fn walk(db: &[u8], lay: &mut Layout, id: u64, parent: u64, seen: &mut BTreeSet<u64>) {
-    assert!(seen.insert(id), "page {id} reached twice in the intact file");
+    assert!(
+        seen.insert(id),
+        "page {id} reached twice in the intact file"
+    );
     let ps = lay.ps;
     let node = page(db, ps, id);
     let h = PageHeader::parse(node).unwrap();
@@ -234,7 +237,11 @@ fn cases(snap: &[u8], lay: &Layout) -> Vec<Case> {
         branch
     };
     let mut b = snap.to_vec();
-    put_u64(&mut b, branch as usize * ps + PAGE_HEADER_SIZE + 8, ancestor);
+    put_u64(
+        &mut b,
+        branch as usize * ps + PAGE_HEADER_SIZE + 8,
+        ancestor,
+    );
     structural.push(("page cycle: branch child points at an ancestor", b));
 
     // Damage inside an overflow *value* (no structure touched): only the trailer can tell.
@@ -271,7 +278,9 @@ fn text(out: &Output) -> String {
 fn assert_refused(case: &str, cmd: &str, out: &Output) -> String {
     let all = text(out);
     assert!(
-        !all.contains("panicked") && !all.contains("RUST_BACKTRACE") && !all.contains("stack backtrace"),
+        !all.contains("panicked")
+            && !all.contains("RUST_BACKTRACE")
+            && !all.contains("stack backtrace"),
         "{case}: {cmd} panicked: {}",
         describe(out)
     );
@@ -282,7 +291,11 @@ fn assert_refused(case: &str, cmd: &str, out: &Output) -> String {
         describe(out)
     );
     let err = String::from_utf8_lossy(&out.stderr);
-    let last = err.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
+    let last = err
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("");
     assert!(
         !last.is_empty() && last.len() < 1000,
         "{case}: {cmd}: no short error line: {}",
@@ -381,7 +394,11 @@ fn corrupt_inputs_are_refused_by_status_verify_and_restore() {
     assert!(cases.len() >= 12);
     let mut seen = BTreeSet::new();
     for (i, case) in cases.iter().enumerate() {
-        assert!(seen.insert(case.bytes.clone()), "{}: duplicate damage", case.name);
+        assert!(
+            seen.insert(case.bytes.clone()),
+            "{}: duplicate damage",
+            case.name
+        );
         assert!(case.bytes != snap, "{}: no damage", case.name);
         let file = work.join(format!("case-{i}.db"));
         std::fs::write(&file, &case.bytes).unwrap();
@@ -399,7 +416,10 @@ fn corrupt_inputs_are_refused_by_status_verify_and_restore() {
             );
             said.push("status: exit 0, notes no trailer".to_string());
         } else {
-            said.push(format!("status: {}", assert_refused(case.name, "status", &out)));
+            said.push(format!(
+                "status: {}",
+                assert_refused(case.name, "status", &out)
+            ));
         }
 
         // verify, manifest as written (object hash/size catch it) and rewritten (snapshot checks).
@@ -430,7 +450,10 @@ fn corrupt_inputs_are_refused_by_status_verify_and_restore() {
             } else {
                 "verify"
             };
-            said.push(format!("{label}: {}", assert_refused(case.name, label, &out)));
+            said.push(format!(
+                "{label}: {}",
+                assert_refused(case.name, label, &out)
+            ));
             assert!(
                 files_under(&vspool).is_empty(),
                 "{}: {label} left files in the spool: {:?}",
@@ -454,14 +477,21 @@ fn corrupt_inputs_are_refused_by_status_verify_and_restore() {
             .env("LIFEBOAT_SPOOL_DIR", &rspool)
             .output()
             .unwrap();
-        said.push(format!("restore: {}", assert_refused(case.name, "restore", &out)));
+        said.push(format!(
+            "restore: {}",
+            assert_refused(case.name, "restore", &out)
+        ));
         assert_eq!(
             files_under(&data),
             before,
             "{}: restore changed the data dir",
             case.name
         );
-        assert!(files_under(&rspool).is_empty(), "{}: restore spool", case.name);
+        assert!(
+            files_under(&rspool).is_empty(),
+            "{}: restore spool",
+            case.name
+        );
         eprintln!("ok: {}\n    {}", case.name, said.join("\n    "));
     }
     eprintln!("{} corruption kinds refused", cases.len());

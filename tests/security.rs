@@ -254,7 +254,10 @@ fn no_secrets_in_output_and_private_files() {
             .then_some(0o644)
         };
         let n = assert_private_tree(&data, &snap_exception);
-        for e in std::fs::read_dir(data.join("member/snap")).unwrap().flatten() {
+        for e in std::fs::read_dir(data.join("member/snap"))
+            .unwrap()
+            .flatten()
+        {
             if e.path().extension().is_some_and(|x| x == "snap") {
                 snaps += 1;
             }
@@ -326,7 +329,11 @@ fn no_secrets_in_output_and_private_files() {
             }
             for (what, mut c) in runs {
                 let out = c.output().unwrap();
-                assert!(!out.status.success(), "{what}: succeeded? {}", describe(&out));
+                assert!(
+                    !out.status.success(),
+                    "{what}: succeeded? {}",
+                    describe(&out)
+                );
                 assert_clean(&what, &out, &needles);
                 let text = all_output(&out);
                 assert!(
