@@ -3,6 +3,9 @@
 #
 #   scripts/fuzz.sh [EXECS] [TARGET...]     EXECS defaults to 1000000; targets default to all
 #
+# FUZZ_MAX_TIME=SECONDS also stops each target after that long (libFuzzer -max_total_time); the
+# final "stat::number_of_executed_units" line then says how many executions actually ran.
+#
 # Each run starts from a fresh copy of the seeds (fuzz/seeds/<target>/, plus for snapshot_inspect
 # tests/fixtures/*.db and truncations of them), uses libFuzzer seed 1, and stops after EXECS runs.
 # Exit status is non-zero if any target finds a crash, leak, timeout or OOM; the reproducer is in
@@ -51,6 +54,9 @@ for target in "${TARGETS[@]}"; do
     echo "== $target: $EXECS executions (seed $JOBS_SEED, max_len $max_len, $(ls "$corpus" | wc -l) seeds)"
     cmd=(cargo +nightly fuzz run "$target" "$corpus" -- -runs="$EXECS" -seed="$JOBS_SEED"
         -max_len="$max_len" -rss_limit_mb=2048 -timeout=10 -print_final_stats=1)
+    if [ -n "${FUZZ_MAX_TIME:-}" ]; then
+        cmd+=(-max_total_time="$FUZZ_MAX_TIME")
+    fi
     echo "\$ ${cmd[*]}"
     start=$(date +%s)
     if "${cmd[@]}" >"logs/$target.log" 2>&1; then
@@ -60,7 +66,8 @@ for target in "${TARGETS[@]}"; do
         status=1
     fi
     secs=$(($(date +%s) - start))
-    tail -n 15 "logs/$target.log" | grep -E '^(stat::|Done|#[0-9]+.*DONE)' || true
+    grep -E '^(stat::|Done [0-9]+ runs|#[0-9]+.*DONE)' "logs/$target.log" || true
+    ls "artifacts/$target" 2>/dev/null | sed 's/^/artifact: /' || true
     echo "== $target: $result in ${secs}s (log: fuzz/logs/$target.log)"
 done
 exit $status

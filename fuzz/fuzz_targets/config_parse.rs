@@ -54,8 +54,9 @@ fuzz_target!(|data: &[u8]| {
         Ok(loc) => {
             let shown = format!("{loc} {loc:?}");
             if let Location::Presigned(_) = loc {
-                if let Some((_, q)) = text.split_once('?') {
-                    if q.len() >= 16 {
+                if let Some((base, q)) = text.split_once('?') {
+                    // (a query that also occurs in the visible part proves nothing)
+                    if q.len() >= 16 && !base.contains(q) {
                         assert!(!shown.contains(q), "presigned query shown: {shown:?}");
                     }
                 }
@@ -63,8 +64,8 @@ fuzz_target!(|data: &[u8]| {
         }
         Err(e) => {
             let msg = e.to_string();
-            if let Some((_, q)) = text.split_once('?') {
-                if q.len() >= 16 {
+            if let Some((base, q)) = text.split_once('?') {
+                if q.len() >= 16 && !base.contains(q) && !"LIFEBOAT_STORE".contains(q) {
                     assert!(!msg.contains(q), "query in error: {msg:?}");
                 }
             }
