@@ -36,7 +36,15 @@ pub struct Catalog {
 pub fn parse_id_time(id: &str) -> Option<SystemTime> {
     let stamp = id.split("-r").next()?;
     let b = stamp.as_bytes();
-    if b.len() != 16 || b[8] != b'T' || b[15] != b'Z' {
+    // Byte checks first: slicing below must never land inside a multi-byte character (a store
+    // directory can be named anything).
+    let shape_ok = b.len() == 16
+        && b.iter().enumerate().all(|(i, c)| match i {
+            8 => *c == b'T',
+            15 => *c == b'Z',
+            _ => c.is_ascii_digit(),
+        });
+    if !shape_ok {
         return None;
     }
     let rfc = format!(
@@ -321,7 +329,16 @@ mod tests {
             parse_id_time("20261122T043330Z-r5"),
             humantime::parse_rfc3339("2026-11-22T04:33:30Z").ok()
         );
-        for not_ours in ["lost+found", "20261122-r5", "2026112XT043330Z-r5", ""] {
+        // The last one was found by the config_parse fuzz target: a multi-byte character at a
+        // slicing offset used to panic ("not a char boundary").
+        for not_ours in [
+            "lost+found",
+            "20261122-r5",
+            "2026112XT043330Z-r5",
+            "",
+            "2:\0\u{74a}e24T04z33\"Z-rbackueh0ps:33",
+            "2026\u{e9}122T04333Z-r5",
+        ] {
             assert_eq!(parse_id_time(not_ours), None, "{not_ours}");
         }
     }
