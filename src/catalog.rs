@@ -36,7 +36,15 @@ pub struct Catalog {
 pub fn parse_id_time(id: &str) -> Option<SystemTime> {
     let stamp = id.split("-r").next()?;
     let b = stamp.as_bytes();
-    if b.len() != 16 || b[8] != b'T' || b[15] != b'Z' {
+    // Byte checks first: slicing below must never land inside a multi-byte character (a store
+    // directory can be named anything).
+    let shape_ok = b.len() == 16
+        && b.iter().enumerate().all(|(i, c)| match i {
+            8 => *c == b'T',
+            15 => *c == b'Z',
+            _ => c.is_ascii_digit(),
+        });
+    if !shape_ok {
         return None;
     }
     let rfc = format!(
@@ -221,10 +229,30 @@ pub async fn verify(
         && s.revision == m.status.revision
         && s.total_key == m.status.total_key
         && s.total_size == m.status.total_size;
-    if !same || hex::encode(report.db_sha256) != m.db_sha256 {
+    if hex::encode(report.db_sha256) != m.db_sha256 {
+        return Err(Error::Verify(format!(
+            "{}: the database hashes to sha256 {}, the manifest records {}",
+            m.backup_id,
+            hex::encode(report.db_sha256),
+            m.db_sha256
+        )));
+    }
+    if !same {
         return Err(Error::Verify(format!(
             "{}: the snapshot's status (hash {:x}, revision {}, keys {}, size {}) differs from its manifest (hash {:x}, revision {}, keys {}, size {})",
             m.backup_id, s.hash, s.revision, s.total_key, s.total_size, m.status.hash, m.status.revision, m.status.total_key, m.status.total_size
+        )));
+    }
+    // The database alone matching is not enough: the file must be the snapshot the backup stored
+    // (trailer included), or a stripped or re-trailered object would pass as this backup.
+    if report.file_len != m.snapshot_size || hex::encode(report.file_sha256) != m.snapshot_sha256 {
+        return Err(Error::Verify(format!(
+            "{}: the snapshot file ({} bytes, sha256 {}) is not the one the manifest records ({} bytes, sha256 {})",
+            m.backup_id,
+            report.file_len,
+            hex::encode(report.file_sha256),
+            m.snapshot_size,
+            m.snapshot_sha256
         )));
     }
     Ok((file, report))
@@ -301,7 +329,16 @@ mod tests {
             parse_id_time("20261122T043330Z-r5"),
             humantime::parse_rfc3339("2026-11-22T04:33:30Z").ok()
         );
-        for not_ours in ["lost+found", "20261122-r5", "2026112XT043330Z-r5", ""] {
+        // The last one was found by the config_parse fuzz target: a multi-byte character at a
+        // slicing offset used to panic ("not a char boundary").
+        for not_ours in [
+            "lost+found",
+            "20261122-r5",
+            "2026112XT043330Z-r5",
+            "",
+            "2:\0\u{74a}e24T04z33\"Z-rbackueh0ps:33",
+            "2026\u{e9}122T04333Z-r5",
+        ] {
             assert_eq!(parse_id_time(not_ours), None, "{not_ours}");
         }
     }

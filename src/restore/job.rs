@@ -86,7 +86,10 @@ fn parse_source(env: &Env) -> Result<Source> {
         // s3://bucket[/prefix]/<cluster>/<id>
         let parts: Vec<&str> = rest.trim_end_matches('/').split('/').collect();
         if parts.len() < 3 {
-            return Err(Error::Config(format!("LIFEBOAT_RESTORE_SOURCE: {raw:?}: expected s3://bucket[/prefix]/<cluster>/<backup-id>")));
+            return Err(Error::Config(format!(
+                "LIFEBOAT_RESTORE_SOURCE: {:?}: expected s3://bucket[/prefix]/<cluster>/<backup-id>",
+                crate::store::redact_url(raw)
+            )));
         }
         let (id, cluster) = (parts[parts.len() - 1], parts[parts.len() - 2]);
         let store = StoreConfig::parse(
@@ -102,7 +105,8 @@ fn parse_source(env: &Env) -> Result<Source> {
     }
     if raw.contains('/') || raw.contains(':') {
         return Err(Error::Config(format!(
-            "LIFEBOAT_RESTORE_SOURCE: {raw:?} is neither an absolute path, a URL, `latest` nor a backup id"
+            "LIFEBOAT_RESTORE_SOURCE: {:?} is neither an absolute path, a URL, `latest` nor a backup id",
+            crate::store::redact_url(raw)
         )));
     }
     let store = StoreConfig::from_env(env, "file:///var/lib/etcd-lifeboat/backups")?;
@@ -652,6 +656,22 @@ mod tests {
         assert_eq!(c.bump_revision, 1_000_000_000);
         assert!(c.mark_compacted && !c.skip_hash_check && !c.dry_run);
         assert!(matches!(c.source, Source::Catalog { ref which, .. } if which == "latest"));
+    }
+
+    #[test]
+    fn source_errors_never_show_a_signature() {
+        for raw in [
+            "s3://bkt?X-Amz-Signature=SECRETSIG",
+            "ftp://host/x.db?X-Amz-Signature=SECRETSIG",
+            "bucket/x.db?X-Amz-Signature=SECRETSIG",
+        ] {
+            let mut v = base();
+            v.push(("LIFEBOAT_RESTORE_SOURCE", raw));
+            let err = RestoreConfig::from_env(&Env::from_pairs(v)).unwrap_err();
+            let msg = err.to_string();
+            assert!(!msg.contains("SECRETSIG"), "{msg}");
+            assert!(msg.contains("REDACTED"), "{msg}");
+        }
     }
 
     #[test]
