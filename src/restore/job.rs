@@ -38,7 +38,6 @@ pub enum Source {
 pub struct RestoreConfig {
     pub source: Source,
     pub data_dir: PathBuf,
-    pub wal_dir: Option<PathBuf>,
     pub name: String,
     pub initial_cluster: String,
     pub token: String,
@@ -166,7 +165,11 @@ impl RestoreConfig {
                 data_dir.display()
             )));
         }
-        let wal_dir = env.get("LIFEBOAT_WAL_DIR").map(PathBuf::from);
+        if env.get("LIFEBOAT_WAL_DIR").is_some() {
+            return Err(Error::Config(
+                "LIFEBOAT_WAL_DIR: a separate WAL dir is not supported yet; restore writes the WAL to <data-dir>/member/wal. Unset it and start etcd without --wal-dir (or move member/wal to the WAL dir after the restore)".into(),
+            ));
+        }
         let bump_revision = env.u64("LIFEBOAT_BUMP_REVISION", 1_000_000_000)?;
         let mark_compacted = env.bool("LIFEBOAT_MARK_COMPACTED", true)?;
         if bump_revision > 0 && !mark_compacted {
@@ -177,7 +180,6 @@ impl RestoreConfig {
         Ok(RestoreConfig {
             source: parse_source(env)?,
             data_dir,
-            wal_dir,
             name,
             initial_cluster,
             token: env
@@ -555,9 +557,6 @@ pub async fn run(cfg: &RestoreConfig, now: SystemTime) -> Result<Outcome> {
         &cfg.data_dir,
         &serde_json::to_string_pretty(&marker).unwrap_or_default(),
     )?;
-    if let Some(wal_dir) = &cfg.wal_dir {
-        tracing::warn!(wal_dir = %wal_dir.display(), "LIFEBOAT_WAL_DIR is set but the WAL was written inside the data dir (member/wal); start etcd without --wal-dir or move it");
-    }
     println!(
         "restored {} into {}{}; start etcd with --name {} --data-dir {} (the --initial-* flags are ignored once a WAL exists)",
         fetched.label,
@@ -644,6 +643,15 @@ mod tests {
 
     #[test]
     fn defaults_match_etcdutl_and_the_platforms() {
+        let mut v = base();
+        v.push(("LIFEBOAT_WAL_DIR", "/var/lib/etcd-wal"));
+        let e = RestoreConfig::from_env(&Env::from_pairs(v))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("LIFEBOAT_WAL_DIR") && e.contains("not supported"),
+            "{e}"
+        );
         let c = RestoreConfig::from_env(&Env::from_pairs(base())).unwrap();
         assert_eq!(
             (
