@@ -14,13 +14,8 @@ set -euo pipefail
 
 runs=${BENCH_RUNS:-5}
 bench_require
-if [ -n "${LIFEBOAT_BIN:-}" ]; then
-  ours=$LIFEBOAT_BIN
-else
-  bench_log "cargo build --release"
-  (cd "$BENCH_ROOT" && cargo build --release --quiet --bin etcd-lifeboat) || bench_die "cargo build failed"
-  ours=$BENCH_ROOT/target/release/etcd-lifeboat
-fi
+bench_ours
+ours=$BENCH_OURS
 (cd "$BENCH_ROOT" && cargo build --release --quiet --example s3_server) || bench_die "cargo build failed"
 bench_build_db
 bench_etcd_start "$BENCH_DB_DIR" --quota-backend-bytes="${BENCH_QUOTA:-8589934592}"

@@ -68,6 +68,17 @@ bench_tls() {
   ) || bench_die "openssl failed making TLS material in $d"
 }
 
+# bench_ours: our binary: $LIFEBOAT_BIN, or a fresh `cargo build --release`. Sets BENCH_OURS.
+bench_ours() {
+  if [ -n "${LIFEBOAT_BIN:-}" ]; then
+    BENCH_OURS=$LIFEBOAT_BIN
+  else
+    bench_log "cargo build --release"
+    (cd "$BENCH_ROOT" && cargo build --release --quiet --bin etcd-lifeboat) || bench_die "cargo build failed"
+    BENCH_OURS=$BENCH_ROOT/target/release/etcd-lifeboat
+  fi
+}
+
 # bench_free_port: a free TCP port on 127.0.0.1 (asked from the kernel).
 bench_free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'

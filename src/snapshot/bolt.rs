@@ -504,20 +504,7 @@ mod tests {
     }
 
     fn leaf(elems: &[(u32, &[u8], &[u8])]) -> Vec<u8> {
-        let mut p = vec![0u8; PAGE_HEADER_SIZE + ELEMENT_SIZE * elems.len()];
-        p[8..10].copy_from_slice(&FLAG_LEAF.to_le_bytes());
-        p[10..12].copy_from_slice(&(elems.len() as u16).to_le_bytes());
-        for (i, (flags, k, v)) in elems.iter().enumerate() {
-            let off = PAGE_HEADER_SIZE + i * ELEMENT_SIZE;
-            let pos = (p.len() - off) as u32;
-            p[off..off + 4].copy_from_slice(&flags.to_le_bytes());
-            p[off + 4..off + 8].copy_from_slice(&pos.to_le_bytes());
-            p[off + 8..off + 12].copy_from_slice(&(k.len() as u32).to_le_bytes());
-            p[off + 12..off + 16].copy_from_slice(&(v.len() as u32).to_le_bytes());
-            p.extend_from_slice(k);
-            p.extend_from_slice(v);
-        }
-        p
+        crate::snapshot::summary::tests::leaf_node(0, elems)
     }
 
     #[test]
