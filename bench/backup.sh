@@ -26,7 +26,7 @@ mkdir -p "$res" "$out/spool"
 
 modes=(zstd none)
 [ -n "${BENCH_COMPRESSION:-}" ] && modes=("$BENCH_COMPRESSION")
-stores=(${BENCH_STORES:-local s3})
+read -r -a stores <<<"${BENCH_STORES:-local s3}"
 
 # The loopback S3 server (s3s-fs, SigV4 checked), on this machine only.
 mkdir -p "$out/s3"

@@ -69,6 +69,7 @@ bench_tls() {
 }
 
 # bench_ours: our binary: $LIFEBOAT_BIN, or a fresh `cargo build --release`. Sets BENCH_OURS.
+# shellcheck disable=SC2034 # used by the scripts that source this file
 bench_ours() {
   if [ -n "${LIFEBOAT_BIN:-}" ]; then
     BENCH_OURS=$LIFEBOAT_BIN
