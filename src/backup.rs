@@ -296,7 +296,7 @@ pub async fn run(cfg: &BackupConfig, clock: &(dyn Fn() -> SystemTime + Sync)) ->
     let dir = manifest::backup_dir(&cfg.cluster_name, &id);
     let object_key = format!("{dir}/{object_name}");
     let t_upload = Instant::now();
-    let put = store.put_file(&object_key, &upload_path).await?;
+    let put = store.put_file_moving(&object_key, &upload_path).await?;
     // A presigned URL is signed for PUT only: the store's own success answer is all there is.
     let stored = match caps.read_back {
         true => store.head(&object_key).await?.map(|h| h.size),

@@ -2,7 +2,7 @@
 //!
 //! Rules (spec §1.2–§1.4): the DB length is announced by the first message
 //! (`remaining_bytes + len(blob)`); exactly 32 bytes must follow the DB. The file is
-//! `<dir>/<name>.part` (0600) until `finish` fsyncs and renames it; any other exit path (error,
+//! `<dir>/<name>.part` (0600) until `finish` renames it; any other exit path (error,
 //! signal, panic) removes it and tells the readers the stream failed.
 //!
 //! Readers ([`GrowingFile`]) can follow the writer: a read blocks until the bytes it asks for have
@@ -17,7 +17,7 @@ use std::sync::{Arc, Condvar, Mutex};
 
 use crate::error::{Error, Result};
 use crate::etcd::SnapshotSink;
-use crate::fsutil::{commit_file, create_private, Progress, RemoveOnDrop, WritebackAhead};
+use crate::fsutil::{create_private, Progress, RemoveOnDrop};
 use crate::snapshot::cursor::ReadAt;
 
 pub const TRAILER_LEN: u64 = 32;
@@ -107,7 +107,7 @@ impl ReadAt for GrowingFile {
 pub struct Spool {
     part: RemoveOnDrop,
     dest: PathBuf,
-    out: WritebackAhead,
+    out: File,
     db_len: Option<u64>,
     written: u64,
     growth: Arc<Growth>,
@@ -136,7 +136,7 @@ impl Spool {
     pub fn create(dir: &Path, name: &str, progress: Progress) -> Result<Self> {
         let dest = dir.join(name);
         let part_path = dir.join(format!("{name}.part"));
-        let out = WritebackAhead::new(create_private(&part_path)?);
+        let out = create_private(&part_path)?;
         Ok(Spool {
             part: RemoveOnDrop::new(part_path),
             dest,
@@ -175,7 +175,9 @@ impl Spool {
                 self.written - db_len
             )));
         }
-        commit_file(self.out.get_ref(), self.part.path(), &self.dest)?;
+        // No fsync: the spool is a temporary file, deleted after the run; durability belongs to
+        // the stored object (the store fsyncs it).
+        std::fs::rename(self.part.path(), &self.dest).map_err(|e| Error::io(format!("renaming {}", self.part.path().display()), e))?;
         std::mem::replace(&mut self.part, RemoveOnDrop::disarmed()).disarm();
         self.growth.update(|s| s.finished = Some(true));
         let dest = self.dest.clone();

@@ -63,6 +63,23 @@ impl LocalStore {
         })
     }
 
+    /// Like `put_file`, but `src` (a temporary file of the caller's) may be moved instead of
+    /// copied when it is on the same filesystem: no second gigabyte to write and flush.
+    pub fn put_file_moving(&self, key: &str, src: &Path) -> Result<ObjectMeta> {
+        self.parent_dir(key)?;
+        let dest = self.path(key);
+        let tmp = temp_sibling(&dest);
+        if std::fs::rename(src, &tmp).is_err() {
+            return self.put_file(key, src); // another filesystem: copy
+        }
+        let guard = RemoveOnDrop::new(tmp.clone());
+        let file = File::open(&tmp).map_err(|e| store_err(format!("opening {}", tmp.display()), e))?;
+        let size = file.metadata().map_err(|e| store_err(format!("stat {}", tmp.display()), e))?.len();
+        commit_file(&file, &tmp, &dest)?;
+        guard.disarm();
+        Ok(ObjectMeta { key: key.to_string(), size })
+    }
+
     pub fn put_bytes(&self, key: &str, bytes: &[u8]) -> Result<ObjectMeta> {
         self.parent_dir(key)?;
         write_durably(&self.path(key), bytes)?;

@@ -244,6 +244,16 @@ impl Store {
         }
     }
 
+    /// `put_file` for a temporary file the caller is done with: a directory store may move it
+    /// into place instead of copying it (same filesystem); other stores upload it as usual.
+    pub async fn put_file_moving(&self, key: &str, src: &Path) -> Result<ObjectMeta> {
+        check_key(key)?;
+        match self {
+            Store::Local(s) => s.put_file_moving(key, src),
+            _ => self.put_file(key, src).await,
+        }
+    }
+
     pub async fn put_bytes(&self, key: &str, bytes: &[u8]) -> Result<ObjectMeta> {
         check_key(key)?;
         match self {
