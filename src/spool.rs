@@ -177,7 +177,8 @@ impl Spool {
         }
         // No fsync: the spool is a temporary file, deleted after the run; durability belongs to
         // the stored object (the store fsyncs it).
-        std::fs::rename(self.part.path(), &self.dest).map_err(|e| Error::io(format!("renaming {}", self.part.path().display()), e))?;
+        std::fs::rename(self.part.path(), &self.dest)
+            .map_err(|e| Error::io(format!("renaming {}", self.part.path().display()), e))?;
         std::mem::replace(&mut self.part, RemoveOnDrop::disarmed()).disarm();
         self.growth.update(|s| s.finished = Some(true));
         let dest = self.dest.clone();

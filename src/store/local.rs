@@ -73,11 +73,18 @@ impl LocalStore {
             return self.put_file(key, src); // another filesystem: copy
         }
         let guard = RemoveOnDrop::new(tmp.clone());
-        let file = File::open(&tmp).map_err(|e| store_err(format!("opening {}", tmp.display()), e))?;
-        let size = file.metadata().map_err(|e| store_err(format!("stat {}", tmp.display()), e))?.len();
+        let file =
+            File::open(&tmp).map_err(|e| store_err(format!("opening {}", tmp.display()), e))?;
+        let size = file
+            .metadata()
+            .map_err(|e| store_err(format!("stat {}", tmp.display()), e))?
+            .len();
         commit_file(&file, &tmp, &dest)?;
         guard.disarm();
-        Ok(ObjectMeta { key: key.to_string(), size })
+        Ok(ObjectMeta {
+            key: key.to_string(),
+            size,
+        })
     }
 
     pub fn put_bytes(&self, key: &str, bytes: &[u8]) -> Result<ObjectMeta> {
