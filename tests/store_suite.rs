@@ -264,6 +264,19 @@ async fn serve(
         }
     };
     if let Some(code) = status {
+        // Read the request body first, like a server that checks it: answering before the client
+        // finished sending makes the connection close under its feet, which the client rightly
+        // treats as a transport failure (and retries) — a different case from "a 400 answer".
+        let mut body = req.into_body();
+        while let Some(frame) = std::future::poll_fn(|cx| {
+            hyper::body::Body::poll_frame(std::pin::Pin::new(&mut body), cx)
+        })
+        .await
+        {
+            if frame.is_err() {
+                break;
+            }
+        }
         return Ok(xml_error(
             code,
             if code == 403 {
