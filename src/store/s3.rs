@@ -592,7 +592,11 @@ impl S3Store {
         Ok(done)
     }
 
-    pub async fn get_bytes(&self, key: &str) -> Result<Vec<u8>> {
+    /// Start a GET of `key`: the object's display URL (for messages) and the SDK response.
+    async fn get_object(
+        &self,
+        key: &str,
+    ) -> Result<(String, aws_sdk_s3::operation::get_object::GetObjectOutput)> {
         let full = self.full_key(key);
         let url = self.url(&full);
         let out = self
@@ -603,6 +607,11 @@ impl S3Store {
             .send()
             .await
             .map_err(|e| s3_error("downloading", &self.bucket, &url, e))?;
+        Ok((url, out))
+    }
+
+    pub async fn get_bytes(&self, key: &str) -> Result<Vec<u8>> {
+        let (url, out) = self.get_object(key).await?;
         if out.content_length().unwrap_or(0) as u64 > MAX_GET_BYTES {
             return Err(Error::Store(format!(
                 "{url} is {} bytes: too big to read into memory",
@@ -617,16 +626,7 @@ impl S3Store {
     }
 
     pub async fn get_to_file(&self, key: &str, dest: &Path) -> Result<u64> {
-        let full = self.full_key(key);
-        let url = self.url(&full);
-        let mut out = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(&full)
-            .send()
-            .await
-            .map_err(|e| s3_error("downloading", &self.bucket, &url, e))?;
+        let (url, mut out) = self.get_object(key).await?;
         let mut file = tokio::fs::File::from_std(create_private(dest)?);
         let mut n = 0u64;
         loop {
