@@ -215,9 +215,11 @@ fn explain(cfg: &EtcdConfig, endpoint: &str, what: &str, e: &etcd_client::Error)
     } else if lower.contains("permission denied") || lower.contains("user name is empty") {
         " — authorization failed: snapshots need the root role when auth is enabled (client certificate CN=root)"
     } else if cfg.tls.as_ref().is_some_and(|t| t.identity.is_some())
-        && lower.contains("connection closed")
+        && (lower.contains("connection closed")
+            || lower.contains("broken pipe")
+            || lower.contains("connection reset"))
     {
-        " — etcd closed the connection right after the TLS handshake, which is how it rejects a client certificate under TLS 1.3: check that LIFEBOAT_ETCD_CERT is signed by the CA etcd trusts for clients (its --trusted-ca-file)"
+        " — etcd closed the connection right after the TLS handshake, which is how it rejects a client certificate under TLS 1.3 (our client certificate may be the problem): check that LIFEBOAT_ETCD_CERT is signed by the CA etcd trusts for clients (its --trusted-ca-file)"
     } else if cfg.tls.as_ref().is_some_and(|t| t.identity.is_none()) {
         " — no client certificate is configured and etcd usually requires one: set LIFEBOAT_ETCD_CERT and LIFEBOAT_ETCD_KEY"
     } else {
