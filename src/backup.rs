@@ -20,7 +20,7 @@ use crate::lock::RunLock;
 use crate::manifest::{self, Durations, Manifest, StatusRecord};
 use crate::snapshot::cursor::ReadAt;
 use crate::snapshot::{self, Trailer};
-use crate::spool::{GrowingFile, Spool};
+use crate::spool::{GrowingFile, GrowingWriter, Spool};
 use crate::store::{Location, Store, StoreConfig};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,8 +139,15 @@ impl<R: ReadAt> Read for ReadAtCursor<'_, R> {
 }
 
 /// Compress the growing spool file into `out` with zstd as it arrives; returns (size, sha256) of
-/// the compressed object.
-fn compress(src: &GrowingFile, out: File, dest: &Path, level: i32) -> Result<(u64, [u8; 32])> {
+/// the compressed object. `out` tells its own readers (the S3 upload) how far it got. `sync`: fsync
+/// before telling them it is complete (for a file that becomes the stored object itself).
+fn compress(
+    src: &GrowingFile,
+    out: GrowingWriter,
+    dest: &Path,
+    level: i32,
+    sync: bool,
+) -> Result<(u64, [u8; 32])> {
     let io = |what: &str, e| Error::io(format!("{what} {}", dest.display()), e);
     let total = src.wait_total().map_err(|e| io("compressing into", e))?;
     let mut w = HashingWriter {
@@ -159,11 +166,14 @@ fn compress(src: &GrowingFile, out: File, dest: &Path, level: i32) -> Result<(u6
     };
     std::io::copy(&mut input, &mut enc).map_err(|e| io("compressing into", e))?;
     enc.finish().map_err(|e| io("compressing into", e))?;
-    let file = w
+    let out = w
         .inner
         .into_inner()
         .map_err(|e| io("writing", e.into_error()))?;
-    file.sync_all().map_err(|e| io("fsync of", e))?;
+    if sync {
+        out.file().sync_all().map_err(|e| io("fsync of", e))?;
+    }
+    out.finish();
     Ok((w.len, w.hash.finalize().into()))
 }
 
@@ -239,64 +249,142 @@ pub async fn run(cfg: &BackupConfig, clock: &(dyn Fn() -> SystemTime + Sync)) ->
         snapshot::scan::scan(&verify_src, total, &verify_name)
             .map_err(|e| Error::Verify(e.to_string()))
     });
+    let s3 = match &store {
+        Store::S3(s) => Some(s),
+        _ => None,
+    };
+    // What an S3 upload can follow while it grows: the zstd output, or the spool itself.
+    let mut upload_src: Option<(GrowingFile, PathBuf)> = None;
+    let mut compressed_guard = None;
     let compressor = match cfg.compression {
-        Compression::None => None,
+        Compression::None => {
+            if s3.is_some() {
+                let r = spool.reader()?;
+                // The spool is renamed when the stream ends: parts reopen it by descriptor.
+                if let Some(path) = crate::store::s3::reopen_path(r.file()) {
+                    upload_src = Some((r, path));
+                }
+            }
+            None
+        }
         Compression::Zstd(level) => {
             let dest = cfg.spool_dir.join(format!("{name}.zst"));
             let out = create_private(&dest)?;
-            let guard = RemoveOnDrop::new(dest.clone());
+            compressed_guard = Some(RemoveOnDrop::new(dest.clone()));
+            let reader = File::open(&dest)
+                .map_err(|e| Error::io(format!("opening {}", dest.display()), e))?;
+            let (out, follower) = GrowingWriter::new(out, reader);
+            if s3.is_some() {
+                upload_src = Some((follower, dest.clone()));
+            }
             let src = spool.reader()?;
+            let sync = s3.is_none();
+            let d2 = dest.clone();
             Some((
-                dest.clone(),
-                guard,
-                std::thread::spawn(move || compress(&src, out, &dest, level)),
+                dest,
+                std::thread::spawn(move || compress(&src, out, &d2, level, sync)),
             ))
         }
     };
-    etcd::stream_snapshot(&cfg.etcd, &chosen.endpoint, &mut spool).await?;
-    tracing::info!("{}", spool.progress_line());
-    let spooled = spool.finish()?;
-    let stream_time = t_stream.elapsed();
 
-    let t_verify = Instant::now();
-    let report = join(verifier).await?;
-    report.verdict().map_err(Error::Verify)?;
-    if report.trailer != Trailer::Verified || report.file_len != spooled.file_len {
-        return Err(Error::Verify(format!(
-            "the snapshot's sha256 trailer could not be verified ({:?}, {} of {} bytes)",
-            report.trailer, report.file_len, spooled.file_len
-        )));
-    }
-    let status = &report.status;
-    if status.revision < chosen.revision && !(status.revision == 0 && chosen.revision <= 1) {
-        return Err(Error::Verify(format!(
-            "snapshot revision {} is older than the revision {} seen in preflight: the snapshot came from a lagging member",
-            status.revision, chosen.revision
-        )));
-    }
-    let verify_time = t_verify.elapsed();
-
-    let t_compress = Instant::now();
+    // With S3 the multipart upload follows the growing file while the snapshot streams; it is
+    // completed only after every check below passed, and aborted otherwise. Its key must be fixed
+    // now, but the backup's id carries the snapshot's revision, known only once verified: the
+    // upload goes to the key of the revision seen in preflight, which is the snapshot's unless
+    // etcd was written to in between (then it is aborted and the object uploaded again, below).
     let object_name = manifest::object_name(cfg.compression.name());
-    let (upload_path, _compressed_guard, stored_size, stored_sha) = match compressor {
-        None => (
-            spooled.path.clone(),
-            None,
-            spooled.file_len,
-            report.file_sha256,
-        ),
-        Some((dest, guard, handle)) => {
-            let (size, sha) = join(handle).await?;
-            (dest, Some(guard), size, sha)
+    let guess_key = format!(
+        "{}/{object_name}",
+        manifest::backup_dir(
+            &cfg.cluster_name,
+            &manifest::backup_id(created, chosen.revision)
+        )
+    );
+    let mut early = match (s3, upload_src) {
+        (Some(s), Some((src, path))) => {
+            Some(s.growing_upload(&guess_key, std::sync::Arc::new(src), path))
+        }
+        _ => None,
+    };
+
+    let checks = async {
+        etcd::stream_snapshot(&cfg.etcd, &chosen.endpoint, &mut spool).await?;
+        tracing::info!("{}", spool.progress_line());
+        let spooled = spool.finish()?;
+        let stream_time = t_stream.elapsed();
+
+        let t_verify = Instant::now();
+        let report = join(verifier).await?;
+        report.verdict().map_err(Error::Verify)?;
+        if report.trailer != Trailer::Verified || report.file_len != spooled.file_len {
+            return Err(Error::Verify(format!(
+                "the snapshot's sha256 trailer could not be verified ({:?}, {} of {} bytes)",
+                report.trailer, report.file_len, spooled.file_len
+            )));
+        }
+        let status = &report.status;
+        if status.revision < chosen.revision && !(status.revision == 0 && chosen.revision <= 1) {
+            return Err(Error::Verify(format!(
+                "snapshot revision {} is older than the revision {} seen in preflight: the snapshot came from a lagging member",
+                status.revision, chosen.revision
+            )));
+        }
+        let verify_time = t_verify.elapsed();
+
+        let t_compress = Instant::now();
+        let (upload_path, stored_size, stored_sha) = match compressor {
+            None => (spooled.path.clone(), spooled.file_len, report.file_sha256),
+            Some((dest, handle)) => {
+                let (size, sha) = join(handle).await?;
+                (dest, size, sha)
+            }
+        };
+        let compress_time = t_compress.elapsed();
+        Ok((
+            spooled,
+            report,
+            upload_path,
+            stored_size,
+            stored_sha,
+            [stream_time, verify_time, compress_time],
+        ))
+    };
+    let checked = match early.as_mut() {
+        Some(up) => tokio::try_join!(checks, up.drive()).map(|(c, _)| c),
+        None => checks.await,
+    };
+    let (_spooled, report, upload_path, stored_size, stored_sha, times) = match checked {
+        Ok(c) => c,
+        Err(e) => {
+            if let Some(up) = early.take() {
+                up.abort().await;
+            }
+            return Err(e);
         }
     };
-    let compress_time = t_compress.elapsed();
+    let [stream_time, verify_time, compress_time] = times;
+    let status = &report.status;
 
     let id = manifest::backup_id(created, status.revision);
     let dir = manifest::backup_dir(&cfg.cluster_name, &id);
     let object_key = format!("{dir}/{object_name}");
     let t_upload = Instant::now();
-    let put = store.put_file_moving(&object_key, &upload_path).await?;
+    let put = match early {
+        Some(up) if up.started() && object_key == guess_key => up.complete().await?,
+        Some(up) => {
+            if up.started() {
+                tracing::info!(
+                    "the snapshot's revision {} is not the {} seen in preflight: uploading it again as {object_key}",
+                    status.revision,
+                    chosen.revision
+                );
+            }
+            up.abort().await;
+            store.put_file_moving(&object_key, &upload_path).await?
+        }
+        None => store.put_file_moving(&object_key, &upload_path).await?,
+    };
+    drop(compressed_guard);
     // A presigned URL is signed for PUT only: the store's own success answer is all there is.
     let stored = match caps.read_back {
         true => store.head(&object_key).await?.map(|h| h.size),

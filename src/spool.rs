@@ -31,18 +31,27 @@ struct GrowthState {
     finished: Option<bool>,
 }
 
-/// How far the spool file has been written; shared with its readers.
+/// How far the spool file has been written; shared with its readers. Threads wait on the condvar
+/// ([`ReadAt`]), async tasks on the notifier ([`GrowingFile::wait_written`]).
 #[derive(Debug, Default)]
 pub struct Growth {
     state: Mutex<GrowthState>,
     cond: Condvar,
+    notify: tokio::sync::Notify,
 }
 
 impl Growth {
     fn update(&self, f: impl FnOnce(&mut GrowthState)) {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         f(&mut st);
+        drop(st);
         self.cond.notify_all();
+        self.notify.notify_waiters();
+    }
+
+    fn view(&self) -> (u64, Option<bool>) {
+        let st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        (st.written, st.finished)
     }
 
     /// Mark the stream failed: every waiting reader gets an error.
@@ -83,7 +92,61 @@ pub struct GrowingFile {
     growth: Arc<Growth>,
 }
 
+/// How much of a [`GrowingFile`] exists (see [`GrowingFile::wait_written`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Written {
+    /// Bytes written so far.
+    pub written: u64,
+    /// The final length, once the writer finished successfully.
+    pub finished: Option<u64>,
+}
+
 impl GrowingFile {
+    /// A file that is already complete (`len` bytes): the same interface for a finished file.
+    pub fn complete(file: File, len: u64) -> Self {
+        let growth = Growth::default();
+        growth.update(|s| {
+            s.written = len;
+            s.total = Some(len);
+            s.finished = Some(true);
+        });
+        GrowingFile {
+            file,
+            growth: Arc::new(growth),
+        }
+    }
+
+    /// Wait (async) until at least `len` bytes are written or the writer finished; `Err` if the
+    /// writer failed (a failed stream, a failed compressor, or a writer dropped half-way).
+    pub async fn wait_written(&self, len: u64) -> std::io::Result<Written> {
+        loop {
+            let notified = self.growth.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let (written, finished) = self.growth.view();
+            match finished {
+                Some(false) => return Err(std::io::Error::other("the snapshot stream failed")),
+                Some(true) => {
+                    return Ok(Written {
+                        written,
+                        finished: Some(written),
+                    })
+                }
+                None if written >= len => {
+                    return Ok(Written {
+                        written,
+                        finished: None,
+                    })
+                }
+                None => notified.await,
+            }
+        }
+    }
+
+    /// The open file (for positional reads and `/proc/self/fd` reopening).
+    pub fn file(&self) -> &File {
+        &self.file
+    }
     /// The final file length (`db_len + 32`), once the stream announced it.
     pub fn wait_total(&self) -> std::io::Result<u64> {
         let v = self.growth.wait_for(|s| s.total.is_some())?;
@@ -101,6 +164,70 @@ impl ReadAt for GrowingFile {
             .wait_for(|s| s.total.is_some_and(|t| s.written >= end.min(t)))?;
         let avail = v.written.saturating_sub(offset).min(buf.len() as u64) as usize;
         std::os::unix::fs::FileExt::read_at(&self.file, &mut buf[..avail], offset)
+    }
+}
+
+/// The writing side of a [`GrowingFile`] that is not the spool (e.g. the zstd output): every write
+/// is announced to the readers; [`GrowingWriter::finish`] tells them the final length. Dropped
+/// unfinished (error, signal, panic), it tells them the writer failed.
+pub struct GrowingWriter {
+    file: File,
+    written: u64,
+    growth: Arc<Growth>,
+    done: bool,
+}
+
+impl GrowingWriter {
+    /// Wrap `file` (empty, opened for writing); the reader reads `reader` (the same file).
+    pub fn new(file: File, reader: File) -> (GrowingWriter, GrowingFile) {
+        let growth = Arc::new(Growth::default());
+        (
+            GrowingWriter {
+                file,
+                written: 0,
+                growth: growth.clone(),
+                done: false,
+            },
+            GrowingFile {
+                file: reader,
+                growth,
+            },
+        )
+    }
+
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// Everything is written: readers see the final length.
+    pub fn finish(mut self) {
+        self.done = true;
+        let len = self.written;
+        self.growth.update(|s| {
+            s.total = Some(len);
+            s.finished = Some(true);
+        });
+    }
+}
+
+impl Write for GrowingWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.written += n as u64;
+        let written = self.written;
+        self.growth.update(|s| s.written = written);
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
+}
+
+impl Drop for GrowingWriter {
+    fn drop(&mut self) {
+        if !self.done {
+            self.growth.fail();
+        }
     }
 }
 

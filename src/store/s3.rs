@@ -3,12 +3,14 @@
 //! crypto provider.
 //!
 //! Uploads: an object of at most one part (`LIFEBOAT_S3_PART_SIZE`) is one `PutObject`; a larger
-//! one is a multipart upload that reads parts from the file on demand with at most
-//! `LIFEBOAT_S3_PARTS_IN_FLIGHT` parts in memory, so memory stays below part size × parts in flight
-//! whatever the file size. A multipart upload is completed only when every part is stored, and
-//! aborted on every other path: on error (awaited), and when the upload future is dropped on
-//! SIGTERM (the guard hands the abort to `shutdown::spawn_cleanup`, which the command runner awaits
-//! before exiting). Nothing partial is ever listed.
+//! one is a multipart upload ([`GrowingUpload`]) whose parts are file ranges read as they are sent
+//! (never buffered whole), at most `LIFEBOAT_S3_PARTS_IN_FLIGHT` at once, so memory does not depend
+//! on the part size or the file size. The file may still be growing: a backup uploads the spool (or
+//! the zstd output) while the snapshot streams, each part as soon as its bytes exist. A multipart
+//! upload is completed only when every part is stored and the caller's checks passed, and aborted
+//! on every other path: on error (awaited), and when the upload is dropped on SIGTERM (the guard
+//! hands the abort to `shutdown::spawn_cleanup`, which the command runner awaits before exiting).
+//! Nothing partial is ever listed.
 //!
 //! Requests are retried by the SDK's standard retry strategy (5xx, throttling, timeouts and
 //! connection errors; never other 4xx) within `LIFEBOAT_STORE_*` timeouts. Checksums default to
@@ -18,7 +20,6 @@
 
 use std::fmt;
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -29,7 +30,7 @@ use aws_sdk_s3::config::{
     Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
 };
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
-use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::primitives::{ByteStream, Length};
 use aws_sdk_s3::types::{
     CompletedMultipartUpload, CompletedPart, ServerSideEncryption, StorageClass,
 };
@@ -40,6 +41,7 @@ use tokio::io::AsyncWriteExt;
 use crate::config::Env;
 use crate::error::{Error, Result};
 use crate::fsutil::create_private;
+use crate::spool::GrowingFile;
 use crate::store::net::{self, NetConfig};
 use crate::store::ObjectMeta;
 
@@ -206,7 +208,7 @@ impl S3Config {
         )? == "when_supported";
         let part_size = parse_size(
             "LIFEBOAT_S3_PART_SIZE",
-            env.get("LIFEBOAT_S3_PART_SIZE").unwrap_or("8MiB"),
+            env.get("LIFEBOAT_S3_PART_SIZE").unwrap_or("16MiB"),
         )?;
         if !(MIN_PART_SIZE..=MAX_PART_SIZE).contains(&part_size) {
             return Err(Error::Config(format!(
@@ -427,31 +429,46 @@ impl S3Store {
     }
 
     pub async fn put_file(&self, key: &str, src: &Path) -> Result<ObjectMeta> {
-        let size = std::fs::metadata(src)
+        let file =
+            File::open(src).map_err(|e| Error::io(format!("opening {}", src.display()), e))?;
+        let size = file
+            .metadata()
             .map_err(|e| Error::io(format!("stat {}", src.display()), e))?
             .len();
         if size <= self.part_size {
-            let bytes = tokio::fs::read(src)
+            let body = file_range(src, 0, size)
                 .await
                 .map_err(|e| Error::io(format!("reading {}", src.display()), e))?;
-            return self.put_object(key, bytes).await;
+            return self.put_object(key, body, size).await;
         }
-        self.put_multipart(key, src, size).await
+        let mut upload = self.growing_upload(
+            key,
+            Arc::new(GrowingFile::complete(file, size)),
+            src.to_path_buf(),
+        );
+        match upload.drive().await {
+            Ok(_) => upload.complete().await,
+            Err(e) => {
+                upload.abort().await;
+                Err(e)
+            }
+        }
     }
 
     pub async fn put_bytes(&self, key: &str, bytes: &[u8]) -> Result<ObjectMeta> {
-        self.put_object(key, bytes.to_vec()).await
+        self.put_object(key, ByteStream::from(bytes.to_vec()), bytes.len() as u64)
+            .await
     }
 
-    /// One `PutObject` (the body is kept for retries).
-    async fn put_object(&self, key: &str, bytes: Vec<u8>) -> Result<ObjectMeta> {
-        let size = bytes.len() as u64;
+    /// One `PutObject`; `body` must be retryable (in memory, or a file range).
+    async fn put_object(&self, key: &str, body: ByteStream, size: u64) -> Result<ObjectMeta> {
         let full = self.full_key(key);
         self.client
             .put_object()
             .bucket(&self.bucket)
             .key(&full)
-            .body(ByteStream::from(bytes))
+            .content_length(size as i64)
+            .body(body)
             .set_server_side_encryption(self.sse_type())
             .set_ssekms_key_id(self.kms_key())
             .set_storage_class(self.storage_class.clone())
@@ -464,132 +481,32 @@ impl S3Store {
         })
     }
 
-    async fn put_multipart(&self, key: &str, src: &Path, size: u64) -> Result<ObjectMeta> {
-        let full = self.full_key(key);
-        let url = self.url(&full);
-        let parts = size.div_ceil(self.part_size);
-        if parts > MAX_PARTS {
-            return Err(Error::Config(format!(
-                "LIFEBOAT_S3_PART_SIZE: {} is {size} bytes, which needs {parts} parts of {} bytes; S3 allows {MAX_PARTS}: raise the part size",
-                src.display(),
-                self.part_size
-            )));
-        }
-        let file = Arc::new(
-            File::open(src).map_err(|e| Error::io(format!("opening {}", src.display()), e))?,
-        );
-        let created = self
-            .client
-            .create_multipart_upload()
-            .bucket(&self.bucket)
-            .key(&full)
-            .set_server_side_encryption(self.sse_type())
-            .set_ssekms_key_id(self.kms_key())
-            .set_storage_class(self.storage_class.clone())
-            .send()
-            .await
-            .map_err(|e| s3_error("starting the multipart upload of", &self.bucket, &url, e))?;
-        let upload_id = created
-            .upload_id()
-            .ok_or_else(|| {
-                Error::Store(format!("{url}: the store returned no multipart upload id"))
-            })?
-            .to_string();
-        let guard = AbortOnDrop {
-            client: self.client.clone(),
-            bucket: self.bucket.clone(),
-            key: full.clone(),
-            upload_id: Some(upload_id.clone()),
-        };
-        tracing::debug!(%url, parts, part_size = self.part_size, "multipart upload started");
-        let result = async {
-            let completed = self
-                .upload_parts(&full, &upload_id, file, size, parts)
-                .await?;
-            self.client
-                .complete_multipart_upload()
-                .bucket(&self.bucket)
-                .key(&full)
-                .upload_id(&upload_id)
-                .multipart_upload(
-                    CompletedMultipartUpload::builder()
-                        .set_parts(Some(completed))
-                        .build(),
-                )
-                .send()
-                .await
-                .map_err(|e| s3_error("completing the multipart upload of", &self.bucket, &url, e))
-        }
-        .await;
-        match result {
-            Ok(_) => {
-                guard.disarm();
-                Ok(ObjectMeta {
-                    key: key.to_string(),
-                    size,
-                })
-            }
-            Err(e) => {
-                guard.abort_now().await;
-                Err(e)
-            }
-        }
-    }
-
-    /// Upload parts 1..=`parts` with at most `parts_in_flight` buffers alive at once. Each part is
-    /// read only when a slot is free; a failed part fails the whole upload (dropping the JoinSet
-    /// cancels the others).
-    async fn upload_parts(
+    /// A multipart upload of `key` fed from `src`, which may still be growing (the spool while the
+    /// snapshot streams, or the zstd output while it is written): see [`GrowingUpload`]. `reopen`
+    /// is a path that opens the same file for the parts' bodies (`src`'s own path, or for a file
+    /// that will be renamed, [`reopen_path`]).
+    pub fn growing_upload(
         &self,
-        full: &str,
-        upload_id: &str,
-        file: Arc<File>,
-        size: u64,
-        parts: u64,
-    ) -> Result<Vec<CompletedPart>> {
-        let mut in_flight = tokio::task::JoinSet::new();
-        let mut done = Vec::with_capacity(parts as usize);
-        let url = self.url(full);
-        for number in 1..=parts {
-            while in_flight.len() >= self.parts_in_flight {
-                done.push(join_part(&mut in_flight).await?);
-            }
-            let offset = (number - 1) * self.part_size;
-            let len = self.part_size.min(size - offset);
-            let f = file.clone();
-            let buf = tokio::task::spawn_blocking(move || {
-                let mut buf = vec![0u8; len as usize];
-                f.read_exact_at(&mut buf, offset).map(|()| buf)
-            })
-            .await
-            .map_err(|e| Error::Internal(format!("part reader failed: {e}")))?
-            .map_err(|e| Error::io(format!("reading part {number} of the upload source"), e))?;
-            let send = self
-                .client
-                .upload_part()
-                .bucket(&self.bucket)
-                .key(full)
-                .upload_id(upload_id)
-                .part_number(number as i32)
-                .content_length(len as i64)
-                .body(ByteStream::from(buf))
-                .send();
-            let (bucket, url) = (self.bucket.clone(), url.clone());
-            in_flight.spawn(async move {
-                let out = send.await.map_err(|e| {
-                    s3_error(&format!("uploading part {number} of"), &bucket, &url, e)
-                })?;
-                Ok(CompletedPart::builder()
-                    .part_number(number as i32)
-                    .set_e_tag(out.e_tag().map(str::to_string))
-                    .build())
-            });
+        key: &str,
+        src: Arc<GrowingFile>,
+        reopen: PathBuf,
+    ) -> GrowingUpload<'_> {
+        let full = self.full_key(key);
+        GrowingUpload {
+            store: self,
+            key: key.to_string(),
+            url: self.url(&full),
+            full,
+            src,
+            reopen,
+            upload_id: None,
+            guard: None,
+            in_flight: tokio::task::JoinSet::new(),
+            done: Vec::new(),
+            queued: 0,
+            next_part: 1,
+            final_len: None,
         }
-        while !in_flight.is_empty() {
-            done.push(join_part(&mut in_flight).await?);
-        }
-        done.sort_by_key(|p| p.part_number());
-        Ok(done)
     }
 
     /// Start a GET of `key`: the object's display URL (for messages) and the SDK response.
@@ -725,12 +642,246 @@ impl S3Store {
     }
 }
 
-async fn join_part(set: &mut tokio::task::JoinSet<Result<CompletedPart>>) -> Result<CompletedPart> {
-    match set.join_next().await {
-        Some(Ok(r)) => r,
-        Some(Err(e)) => Err(Error::Internal(format!("part upload task failed: {e}"))),
-        None => Err(Error::Internal("no part upload in flight".into())),
+/// The body of one part: `len` bytes at `offset` of the file at `path`, read as the request is
+/// sent (64 KiB at a time) and reopened on a retry: a part is never held in memory, so memory does
+/// not grow with the part size. Such a body is signed `UNSIGNED-PAYLOAD` (the SDK signs only bodies
+/// it holds in memory), over http as over https.
+async fn file_range(path: &Path, offset: u64, len: u64) -> std::io::Result<ByteStream> {
+    ByteStream::read_from()
+        .path(path)
+        .offset(offset)
+        .length(Length::Exact(len))
+        .build()
+        .await
+        .map_err(std::io::Error::other)
+}
+
+/// A path that reopens `file` even after it was renamed: `/proc/self/fd/<fd>` (Linux; the
+/// descriptor must stay open while the path is used). `None` without `/proc`.
+pub fn reopen_path(file: &File) -> Option<PathBuf> {
+    use std::os::fd::AsRawFd;
+    let p = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+    p.exists().then_some(p)
+}
+
+/// A multipart upload fed from a file that may still be growing. [`GrowingUpload::drive`] sends
+/// each part as soon as its byte range is complete, with at most `LIFEBOAT_S3_PARTS_IN_FLIGHT`
+/// parts in flight (each read from the file as it is sent); the last part is the remainder once
+/// the writer finished. The upload is created only when the file holds more than one part: a
+/// smaller file is left to one `PutObject` ([`GrowingUpload::started`] says which). Nothing is
+/// visible until [`GrowingUpload::complete`], which the caller calls only after its own checks
+/// passed; [`GrowingUpload::abort`] (awaited) or dropping it (SIGTERM: the abort is handed to
+/// `shutdown::spawn_cleanup`) removes every uploaded part.
+pub struct GrowingUpload<'a> {
+    store: &'a S3Store,
+    key: String,
+    full: String,
+    url: String,
+    src: Arc<GrowingFile>,
+    reopen: PathBuf,
+    upload_id: Option<String>,
+    guard: Option<AbortOnDrop>,
+    in_flight: tokio::task::JoinSet<Result<CompletedPart>>,
+    done: Vec<CompletedPart>,
+    /// Bytes handed to parts so far.
+    queued: u64,
+    next_part: u64,
+    final_len: Option<u64>,
+}
+
+impl GrowingUpload<'_> {
+    /// Whether the multipart upload exists (the file has more than one part).
+    pub fn started(&self) -> bool {
+        self.upload_id.is_some()
     }
+
+    /// Upload every part as its bytes arrive, until the writer finished and every part is
+    /// stored; returns the file's final length. Cancel-safe: dropping the future leaves the
+    /// upload to [`GrowingUpload::abort`] or to the drop guard. A failed part, a failed writer or a
+    /// part beyond S3's 10,000 is an error (the caller aborts).
+    pub async fn drive(&mut self) -> Result<u64> {
+        let part_size = self.store.part_size;
+        let len = loop {
+            // One byte beyond the part before the upload exists: a file of exactly one part is a
+            // single PutObject.
+            let want = self.queued + part_size + u64::from(!self.started());
+            let w = tokio::select! {
+                w = self.src.wait_written(want) => w.map_err(|e| Error::io(format!("reading the upload source of {}", self.url), e))?,
+                Some(r) = self.in_flight.join_next(), if !self.in_flight.is_empty() => {
+                    self.done.push(part_result(r)?);
+                    continue;
+                }
+            };
+            if w.written >= want {
+                self.send_part(part_size).await?;
+                continue;
+            }
+            if let Some(len) = w.finished {
+                if self.started() && len > self.queued {
+                    self.send_part(len - self.queued).await?;
+                }
+                break len;
+            }
+        };
+        while let Some(r) = self.in_flight.join_next().await {
+            self.done.push(part_result(r)?);
+        }
+        self.final_len = Some(len);
+        Ok(len)
+    }
+
+    /// Queue the next part (`len` bytes from `queued`), creating the upload first if needed and
+    /// waiting for a free slot.
+    async fn send_part(&mut self, len: u64) -> Result<()> {
+        let number = self.next_part;
+        if number > MAX_PARTS {
+            return Err(Error::Config(format!(
+                "LIFEBOAT_S3_PART_SIZE: {} needs more than {MAX_PARTS} parts of {} bytes (S3's limit): raise the part size",
+                self.url, self.store.part_size
+            )));
+        }
+        if !self.started() {
+            self.create().await?;
+        }
+        while self.in_flight.len() >= self.store.parts_in_flight {
+            let r = self.in_flight.join_next().await;
+            match r {
+                Some(r) => self.done.push(part_result(r)?),
+                None => break,
+            }
+        }
+        let offset = self.queued;
+        self.queued += len;
+        self.next_part += 1;
+        let s = self.store;
+        let (client, bucket, full, url) = (
+            s.client.clone(),
+            s.bucket.clone(),
+            self.full.clone(),
+            self.url.clone(),
+        );
+        let upload_id = self.upload_id.clone().unwrap_or_default();
+        let (src, path) = (self.src.clone(), self.reopen.clone());
+        tracing::trace!(part = number, offset, len, "uploading part");
+        self.in_flight.spawn(async move {
+            let body = file_range(&path, offset, len)
+                .await
+                .map_err(|e| Error::io(format!("reading part {number} of the upload source"), e))?;
+            let out = client
+                .upload_part()
+                .bucket(&bucket)
+                .key(&full)
+                .upload_id(&upload_id)
+                .part_number(number as i32)
+                .content_length(len as i64)
+                .body(body)
+                .send()
+                .await
+                .map_err(|e| s3_error(&format!("uploading part {number} of"), &bucket, &url, e))?;
+            drop(src); // the descriptor behind `path` stays open until the part is stored
+            Ok(CompletedPart::builder()
+                .part_number(number as i32)
+                .set_e_tag(out.e_tag().map(str::to_string))
+                .build())
+        });
+        Ok(())
+    }
+
+    async fn create(&mut self) -> Result<()> {
+        let s = self.store;
+        let created = s
+            .client
+            .create_multipart_upload()
+            .bucket(&s.bucket)
+            .key(&self.full)
+            .set_server_side_encryption(s.sse_type())
+            .set_ssekms_key_id(s.kms_key())
+            .set_storage_class(s.storage_class.clone())
+            .send()
+            .await
+            .map_err(|e| s3_error("starting the multipart upload of", &s.bucket, &self.url, e))?;
+        let id = created
+            .upload_id()
+            .ok_or_else(|| {
+                Error::Store(format!(
+                    "{}: the store returned no multipart upload id",
+                    self.url
+                ))
+            })?
+            .to_string();
+        self.guard = Some(AbortOnDrop {
+            client: s.client.clone(),
+            bucket: s.bucket.clone(),
+            key: self.full.clone(),
+            upload_id: Some(id.clone()),
+        });
+        self.upload_id = Some(id);
+        tracing::debug!(url = %self.url, part_size = s.part_size, "multipart upload started");
+        Ok(())
+    }
+
+    /// Complete the upload after [`GrowingUpload::drive`] returned: the object becomes visible. On
+    /// failure the upload is aborted.
+    pub async fn complete(mut self) -> Result<ObjectMeta> {
+        let (Some(id), Some(len)) = (self.upload_id.clone(), self.final_len) else {
+            self.abort().await;
+            return Err(Error::Internal(
+                "multipart upload completed before all its parts were sent".into(),
+            ));
+        };
+        let mut parts = std::mem::take(&mut self.done);
+        parts.sort_by_key(|p| p.part_number());
+        let s = self.store;
+        let r = s
+            .client
+            .complete_multipart_upload()
+            .bucket(&s.bucket)
+            .key(&self.full)
+            .upload_id(&id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
+            .send()
+            .await;
+        match r {
+            Ok(_) => {
+                if let Some(g) = self.guard.take() {
+                    g.disarm();
+                }
+                Ok(ObjectMeta {
+                    key: self.key.clone(),
+                    size: len,
+                })
+            }
+            Err(e) => {
+                let e = s3_error(
+                    "completing the multipart upload of",
+                    &s.bucket,
+                    &self.url,
+                    e,
+                );
+                self.abort().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Stop sending parts and abort the upload (awaited): nothing is left on the store.
+    pub async fn abort(mut self) {
+        self.in_flight.abort_all();
+        while self.in_flight.join_next().await.is_some() {}
+        if let Some(g) = self.guard.take() {
+            g.abort_now().await;
+        }
+    }
+}
+
+fn part_result(
+    r: std::result::Result<Result<CompletedPart>, tokio::task::JoinError>,
+) -> Result<CompletedPart> {
+    r.map_err(|e| Error::Internal(format!("part upload task failed: {e}")))?
 }
 
 /// Aborts a multipart upload unless disarmed: awaited on the error path, spawned (and awaited by
@@ -882,7 +1033,7 @@ mod tests {
     #[test]
     fn defaults() {
         let c = S3Config::from_env(&env(&[]), "b", "p/").unwrap();
-        assert_eq!(c.part_size, 8 << 20);
+        assert_eq!(c.part_size, 16 << 20);
         assert_eq!(c.parts_in_flight, 4);
         assert!(!c.checksum_when_supported && !c.path_style);
         assert_eq!(c.prefix, "p");
