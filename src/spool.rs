@@ -408,6 +408,34 @@ mod tests {
         assert!(!p.exists(), "spooled file is temporary unless kept");
     }
 
+    #[tokio::test(flavor = "current_thread")]
+    async fn async_readers_follow_a_growing_writer() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("out");
+        let (mut w, r) = GrowingWriter::new(create_private(&p).unwrap(), File::open(&p).unwrap());
+        let waiter = r.wait_written(10);
+        tokio::pin!(waiter);
+        assert!(futures_util::FutureExt::now_or_never(waiter.as_mut()).is_none());
+        w.write_all(&[1; 6]).unwrap();
+        assert!(futures_util::FutureExt::now_or_never(waiter.as_mut()).is_none());
+        w.write_all(&[2; 6]).unwrap();
+        let got = waiter.await.unwrap();
+        assert_eq!((got.written, got.finished), (12, None));
+        w.finish();
+        let got = r.wait_written(1000).await.unwrap();
+        assert_eq!(got.finished, Some(12));
+        let mut buf = [0u8; 12];
+        assert_eq!(r.read_at(&mut buf, 0).unwrap(), 12);
+        // A writer dropped half-way fails its readers.
+        let p = d.path().join("out2");
+        let (mut w, r) = GrowingWriter::new(create_private(&p).unwrap(), File::open(&p).unwrap());
+        w.write_all(&[1; 6]).unwrap();
+        drop(w);
+        assert!(r.wait_written(10).await.is_err());
+        let done = GrowingFile::complete(File::open(&p).unwrap(), 6);
+        assert_eq!(done.wait_written(100).await.unwrap().finished, Some(6));
+    }
+
     #[test]
     fn bad_streams_leave_nothing_and_release_readers() {
         let cases: Vec<(&str, Vec<Vec<u8>>)> = vec![

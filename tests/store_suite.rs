@@ -57,6 +57,41 @@ struct Faults {
     /// UploadPart requests being served right now, and the most at once.
     parts_now: AtomicUsize,
     parts_max: AtomicUsize,
+    /// Answer 500 to this many UploadPart requests (after reading their bodies).
+    fail_parts: AtomicUsize,
+    /// What happened, in order: `part <n>` for every UploadPart stored; tests add their own events.
+    log: Mutex<Vec<String>>,
+}
+
+impl Faults {
+    fn log(&self, event: impl Into<String>) {
+        self.log.lock().unwrap().push(event.into());
+    }
+
+    fn events(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+
+    fn parts_stored(&self) -> usize {
+        self.events()
+            .iter()
+            .filter(|e| e.starts_with("part "))
+            .count()
+    }
+}
+
+/// Read a request body to its end (a server that answers before reading makes the client see a
+/// transport failure, a different case from the answer under test).
+async fn drain(req: http::Request<hyper::body::Incoming>) {
+    let mut body = req.into_body();
+    while let Some(frame) =
+        std::future::poll_fn(|cx| hyper::body::Body::poll_frame(std::pin::Pin::new(&mut body), cx))
+            .await
+    {
+        if frame.is_err() {
+            break;
+        }
+    }
 }
 
 fn take_one(c: &AtomicUsize) -> bool {
@@ -267,16 +302,7 @@ async fn serve(
         // Read the request body first, like a server that checks it: answering before the client
         // finished sending makes the connection close under its feet, which the client rightly
         // treats as a transport failure (and retries) — a different case from "a 400 answer".
-        let mut body = req.into_body();
-        while let Some(frame) = std::future::poll_fn(|cx| {
-            hyper::body::Body::poll_frame(std::pin::Pin::new(&mut body), cx)
-        })
-        .await
-        {
-            if frame.is_err() {
-                break;
-            }
-        }
+        drain(req).await;
         return Ok(xml_error(
             code,
             if code == 403 {
@@ -313,6 +339,15 @@ async fn serve(
             ))
             .unwrap());
     }
+    if is_part && take_one(&f.fail_parts) {
+        drain(req).await;
+        return Ok(xml_error(500, "InternalError"));
+    }
+    let part_number = req
+        .uri()
+        .query()
+        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("partNumber=")))
+        .map(str::to_string);
     if is_part {
         let now = f.parts_now.fetch_add(1, Ordering::SeqCst) + 1;
         f.parts_max.fetch_max(now, Ordering::SeqCst);
@@ -320,6 +355,9 @@ async fn serve(
     let resp = svc.call(req.map(s3s::Body::from)).await;
     if is_part {
         f.parts_now.fetch_sub(1, Ordering::SeqCst);
+        if resp.as_ref().is_ok_and(|r| r.status().is_success()) {
+            f.log(format!("part {}", part_number.unwrap_or_default()));
+        }
     }
     resp.map_err(|e| format!("{e:?}").into())
 }
@@ -829,6 +867,164 @@ async fn s3_cancelled_multipart_is_aborted() {
     assert!(store.list("").await.unwrap().is_empty());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_part_5xx_is_retried_from_the_file() {
+    let server = Server::start().await;
+    let store = server.s3_store(&[]).await;
+    server.faults.fail_parts.store(2, Ordering::SeqCst);
+    let tmp = tempfile::tempdir().unwrap();
+    let bytes = data(2 * PART + 777, 21);
+    let src = write_tmp(tmp.path(), "big", &bytes);
+    store.put_file("c/b/big", &src).await.unwrap();
+    // 1 create + 3 parts + 2 retried parts + 1 complete: each retry re-read its range of the file.
+    assert_eq!(server.requests(), 7);
+    assert_eq!(server.faults.parts_stored(), 3);
+    assert!(store.get_bytes("c/b/big").await.unwrap() == bytes);
+}
+
+// ---------------------------------------------------------------------------------------------
+// S3: a multipart upload that follows a growing spool file (a backup uploads while it streams)
+
+fn s3_of(store: &Store) -> &etcd_lifeboat::store::s3::S3Store {
+    match store {
+        Store::S3(s) => s,
+        _ => panic!("not an S3 store"),
+    }
+}
+
+fn new_spool(dir: &Path) -> etcd_lifeboat::spool::Spool {
+    etcd_lifeboat::spool::Spool::create(
+        dir,
+        "s.db",
+        etcd_lifeboat::fsutil::Progress::new("test", None, Duration::from_secs(3600)),
+    )
+    .unwrap()
+}
+
+/// Wait (at most 60 s: a loaded machine) until the server stored `n` parts.
+async fn until_parts_stored(server: &Server, n: usize) {
+    for _ in 0..3000 {
+        if server.faults.parts_stored() >= n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!(
+        "the server stored {} parts, expected {n}",
+        server.faults.parts_stored()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_growing_upload_sends_parts_before_the_stream_ends() {
+    use etcd_lifeboat::etcd::SnapshotSink;
+    let server = Server::start().await;
+    let store = server.s3_store(&[]).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let db = data(4 * PART, 31);
+    let trailer = [7u8; 32];
+    let mut spool = new_spool(tmp.path());
+    let reader = spool.reader().unwrap();
+    let path = etcd_lifeboat::store::s3::reopen_path(reader.file()).unwrap();
+    let mut up = s3_of(&store).growing_upload("c/b/snapshot.db", Arc::new(reader), path);
+    let feed = async {
+        spool.announce(db.len() as u64).unwrap();
+        for chunk in db[..3 * PART].chunks(64 << 10) {
+            spool.write(chunk).unwrap();
+        }
+        // Parts go out while the "stream" is still open: it cannot end before they are stored.
+        until_parts_stored(&server, 2).await;
+        assert!(!server.open_uploads().is_empty());
+        for chunk in db[3 * PART..].chunks(64 << 10) {
+            spool.write(chunk).unwrap();
+        }
+        spool.write(&trailer).unwrap();
+        server.faults.log("stream end");
+        spool.finish().unwrap()
+    };
+    let (len, spooled) = tokio::join!(up.drive(), feed);
+    assert_eq!(len.unwrap(), 4 * PART as u64 + 32);
+    // The spool was renamed when it finished; the remaining parts still read it by descriptor.
+    assert!(!tmp.path().join("s.db.part").exists());
+    let events = server.faults.events();
+    let end = events.iter().position(|e| e == "stream end").unwrap();
+    assert!(
+        events[..end]
+            .iter()
+            .filter(|e| e.starts_with("part "))
+            .count()
+            >= 2,
+        "{events:?}"
+    );
+    assert!(
+        store.list("").await.unwrap().is_empty(),
+        "visible before complete"
+    );
+    let meta = up.complete().await.unwrap();
+    assert_eq!(meta.size, 4 * PART as u64 + 32);
+    let mut want = db.clone();
+    want.extend_from_slice(&trailer);
+    assert!(store.get_bytes("c/b/snapshot.db").await.unwrap() == want);
+    assert_eq!(server.open_uploads(), Vec::<String>::new());
+    drop(spooled);
+}
+
+/// As when verification fails (or the stream breaks) after parts were uploaded: the upload is
+/// aborted, no object and no incomplete multipart upload is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_growing_upload_aborted_after_parts_leaves_nothing() {
+    use etcd_lifeboat::etcd::SnapshotSink;
+    let server = Server::start().await;
+    let store = server.s3_store(&[]).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let db = data(4 * PART, 41);
+
+    // 1. The checks fail while the upload follows the stream: the driver is dropped, then abort.
+    let mut spool = new_spool(tmp.path());
+    let reader = spool.reader().unwrap();
+    let path = etcd_lifeboat::store::s3::reopen_path(reader.file()).unwrap();
+    let mut up = s3_of(&store).growing_upload("c/b1/snapshot.db", Arc::new(reader), path);
+    let failing_checks = async {
+        spool.announce(db.len() as u64).unwrap();
+        for chunk in db[..3 * PART].chunks(64 << 10) {
+            spool.write(chunk).unwrap();
+        }
+        until_parts_stored(&server, 2).await;
+        Err::<(), _>("verification failed")
+    };
+    let r = tokio::try_join!(failing_checks, async {
+        up.drive().await.map_err(|_| "drive failed")?;
+        Ok(())
+    });
+    assert_eq!(r, Err("verification failed"));
+    assert!(!server.open_uploads().is_empty(), "the upload should exist");
+    up.abort().await;
+    assert_eq!(server.open_uploads(), Vec::<String>::new(), "not aborted");
+    assert!(store.list("").await.unwrap().is_empty());
+    drop(spool);
+
+    // 2. The stream breaks (the spool is dropped unfinished): the driver fails, then abort.
+    let stored_before = server.faults.parts_stored();
+    let mut spool = new_spool(tmp.path());
+    let reader = spool.reader().unwrap();
+    let path = etcd_lifeboat::store::s3::reopen_path(reader.file()).unwrap();
+    let mut up = s3_of(&store).growing_upload("c/b2/snapshot.db", Arc::new(reader), path);
+    let breaking_stream = async {
+        spool.announce(db.len() as u64).unwrap();
+        for chunk in db[..2 * PART + 99].chunks(64 << 10) {
+            spool.write(chunk).unwrap();
+        }
+        until_parts_stored(&server, stored_before + 1).await;
+        drop(spool);
+    };
+    let (r, ()) = tokio::join!(up.drive(), breaking_stream);
+    let e = etcd_lifeboat::error::chain(&r.unwrap_err());
+    assert!(e.contains("the snapshot stream failed"), "{e}");
+    up.abort().await;
+    assert_eq!(server.open_uploads(), Vec::<String>::new(), "not aborted");
+    assert!(store.list("").await.unwrap().is_empty());
+}
+
 // ---------------------------------------------------------------------------------------------
 // Presigned URLs: expiry, tampering, wrong method, error pages, limits, retries
 
@@ -1128,6 +1324,80 @@ async fn sigterm_mid_multipart_backup_aborts_and_exits_143() {
         .filter(|n| !n.to_string_lossy().ends_with(".lock"))
         .collect();
     assert!(left.is_empty(), "spool not cleaned: {left:?}");
+}
+
+/// End to end with a real etcd: a backup to S3 (raw and zstd) uploads its parts while the snapshot
+/// streams and completes them once verified; the object, then the manifest, are listed; no
+/// multipart upload is left open; the object is the snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_to_s3_streams_parts_and_completes() {
+    let etcd = start_etcd().await;
+    let mut c = etcd_client::Client::connect([etcd.endpoint.as_str()], None)
+        .await
+        .unwrap();
+    // Incompressible values: the zstd output also needs several 5 MiB parts.
+    for i in 0..14 {
+        c.put(format!("/registry/big/{i}"), data(1 << 20, 100 + i), None)
+            .await
+            .unwrap();
+    }
+    let server = Server::start().await;
+    let s3 = server.s3_store(&[]).await;
+    for compression in ["none", "zstd"] {
+        let spool = tempfile::tempdir().unwrap();
+        let parts_before = server.faults.parts_stored();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_etcd-lifeboat"))
+            .arg("backup")
+            .env_clear()
+            .envs([
+                ("LIFEBOAT_ETCD_ENDPOINTS", etcd.endpoint.as_str()),
+                ("LIFEBOAT_STORE", &format!("s3://{BUCKET}/{PREFIX}")),
+                ("LIFEBOAT_CLUSTER_NAME", compression),
+                ("LIFEBOAT_COMPRESSION", compression),
+                ("LIFEBOAT_SPOOL_DIR", spool.path().to_str().unwrap()),
+                ("AWS_ENDPOINT_URL", &server.endpoint()),
+                ("AWS_REGION", "us-east-1"),
+                ("AWS_ACCESS_KEY_ID", AK),
+                ("AWS_SECRET_ACCESS_KEY", SK),
+                ("LIFEBOAT_S3_PATH_STYLE", "true"),
+                ("LIFEBOAT_S3_PART_SIZE", "5MiB"),
+                ("LIFEBOAT_LOG", "warn"),
+            ])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{compression}: {stderr}");
+        assert_eq!(server.open_uploads(), Vec::<String>::new(), "{compression}");
+        let listed = s3.list(&format!("{compression}/")).await.unwrap();
+        // Exactly one upload's parts: the streamed upload was completed, not redone after the checks.
+        let parts = server.faults.parts_stored() - parts_before;
+        let size = listed.iter().map(|m| m.size).max().unwrap();
+        assert!(parts >= 3, "{compression}: not a multipart upload");
+        assert_eq!(parts as u64, size.div_ceil(PART as u64), "{compression}");
+        let names: Vec<_> = listed
+            .iter()
+            .map(|m| m.key.rsplit('/').next().unwrap().to_string())
+            .collect();
+        let object = etcd_lifeboat::manifest::object_name(compression);
+        assert_eq!(names, ["manifest.json", object], "{compression}");
+        let m: serde_json::Value =
+            serde_json::from_slice(&s3.get_bytes(&listed[0].key).await.unwrap()).unwrap();
+        assert_eq!(m["object_key"], listed[1].key.as_str(), "{compression}");
+        assert_eq!(m["stored_size"], listed[1].size, "{compression}");
+        let got = spool.path().join("got");
+        s3.get_to_file(&listed[1].key, &got).await.unwrap();
+        let raw = match compression {
+            "zstd" => zstd::decode_all(std::fs::File::open(&got).unwrap()).unwrap(),
+            _ => std::fs::read(&got).unwrap(),
+        };
+        assert_eq!(raw.len() as u64, m["snapshot_size"].as_u64().unwrap());
+        use sha2::Digest;
+        assert_eq!(
+            hex::encode(sha2::Sha256::digest(&raw)),
+            m["snapshot_sha256"].as_str().unwrap(),
+            "{compression}"
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
