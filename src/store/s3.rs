@@ -52,6 +52,8 @@ const MIN_PART_SIZE: u64 = 5 * MIB;
 const MAX_PART_SIZE: u64 = 5 << 30;
 /// S3's most parts per upload.
 const MAX_PARTS: u64 = 10_000;
+/// Read size of a part body streamed from a file (per part in flight).
+const READ_BUFFER: usize = 256 << 10;
 /// `get_bytes` is for manifests: refuse to buffer anything bigger.
 const MAX_GET_BYTES: u64 = 64 * MIB;
 
@@ -643,14 +645,15 @@ impl S3Store {
 }
 
 /// The body of one part: `len` bytes at `offset` of the file at `path`, read as the request is
-/// sent (64 KiB at a time) and reopened on a retry: a part is never held in memory, so memory does
-/// not grow with the part size. Such a body is signed `UNSIGNED-PAYLOAD` (the SDK signs only bodies
+/// sent (`READ_BUFFER` at a time) and reopened on a retry: a part is never held in memory, so
+/// memory does not grow with the part size. Such a body is signed `UNSIGNED-PAYLOAD` (the SDK signs only bodies
 /// it holds in memory), over http as over https.
 async fn file_range(path: &Path, offset: u64, len: u64) -> std::io::Result<ByteStream> {
     ByteStream::read_from()
         .path(path)
         .offset(offset)
         .length(Length::Exact(len))
+        .buffer_size(READ_BUFFER)
         .build()
         .await
         .map_err(std::io::Error::other)
