@@ -349,19 +349,30 @@ pub async fn run(cfg: &BackupConfig, clock: &(dyn Fn() -> SystemTime + Sync)) ->
             [stream_time, verify_time, compress_time],
         ))
     };
+    let checks = async {
+        let c = checks.await?;
+        Ok((c, Instant::now()))
+    };
+    let mut parts_stored_at = None;
     let checked = match early.as_mut() {
-        Some(up) => tokio::try_join!(checks, up.drive()).map(|(c, _)| c),
+        Some(up) => tokio::try_join!(checks, async {
+            let len = up.drive().await?;
+            parts_stored_at = Some(Instant::now());
+            Ok(len)
+        })
+        .map(|(c, _)| c),
         None => checks.await,
     };
-    let (_spooled, report, upload_path, stored_size, stored_sha, times) = match checked {
-        Ok(c) => c,
-        Err(e) => {
-            if let Some(up) = early.take() {
-                up.abort().await;
+    let ((_spooled, report, upload_path, stored_size, stored_sha, times), checked_at) =
+        match checked {
+            Ok(c) => c,
+            Err(e) => {
+                if let Some(up) = early.take() {
+                    up.abort().await;
+                }
+                return Err(e);
             }
-            return Err(e);
-        }
-    };
+        };
     let [stream_time, verify_time, compress_time] = times;
     let status = &report.status;
 
@@ -370,7 +381,18 @@ pub async fn run(cfg: &BackupConfig, clock: &(dyn Fn() -> SystemTime + Sync)) ->
     let object_key = format!("{dir}/{object_name}");
     let t_upload = Instant::now();
     let put = match early {
-        Some(up) if up.started() && object_key == guess_key => up.complete().await?,
+        Some(up) if up.started() && object_key == guess_key => {
+            let lag =
+                parts_stored_at.map_or(Duration::ZERO, |t| t.saturating_duration_since(checked_at));
+            let t_complete = Instant::now();
+            let put = up.complete().await?;
+            tracing::info!(
+                parts_after_checks_ms = manifest::ms(lag),
+                complete_ms = manifest::ms(t_complete.elapsed()),
+                "multipart upload (streamed during the snapshot) completed"
+            );
+            put
+        }
         Some(up) => {
             if up.started() {
                 tracing::info!(
