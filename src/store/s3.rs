@@ -53,7 +53,7 @@ const MAX_PART_SIZE: u64 = 5 << 30;
 /// S3's most parts per upload.
 const MAX_PARTS: u64 = 10_000;
 /// Read size of a part body streamed from a file (per part in flight).
-const READ_BUFFER: usize = 256 << 10;
+const READ_BUFFER: usize = 64 << 10;
 /// `get_bytes` is for manifests: refuse to buffer anything bigger.
 const MAX_GET_BYTES: u64 = 64 * MIB;
 
