@@ -1400,6 +1400,81 @@ async fn backup_to_s3_streams_parts_and_completes() {
     }
 }
 
+/// The streamed upload's key is chosen from the revision seen in preflight; with writers running,
+/// the snapshot's revision is newer: the streamed upload is aborted and the verified file stored
+/// under the snapshot's own revision. Either way: one backup, named after its snapshot's revision,
+/// nothing else left (no object under the guessed key, no open multipart upload).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_to_s3_under_writes_is_named_after_the_snapshots_revision() {
+    let etcd = start_etcd().await;
+    let mut c = etcd_client::Client::connect([etcd.endpoint.as_str()], None)
+        .await
+        .unwrap();
+    for i in 0..12 {
+        c.put(format!("/registry/big/{i}"), data(1 << 20, 200 + i), None)
+            .await
+            .unwrap();
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for w in 0..4 {
+        let (mut c, stop) = (c.clone(), stop.clone());
+        writers.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                let _ = c
+                    .put(format!("/registry/events/{w}"), n.to_string(), None)
+                    .await;
+                n += 1;
+            }
+        }));
+    }
+    let server = Server::start().await;
+    let spool = tempfile::tempdir().unwrap();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_etcd-lifeboat"));
+    cmd.arg("backup").env_clear().envs([
+        ("LIFEBOAT_ETCD_ENDPOINTS", etcd.endpoint.as_str()),
+        ("LIFEBOAT_STORE", &format!("s3://{BUCKET}/{PREFIX}")),
+        ("LIFEBOAT_COMPRESSION", "none"),
+        ("LIFEBOAT_SPOOL_DIR", spool.path().to_str().unwrap()),
+        ("AWS_ENDPOINT_URL", &server.endpoint()),
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_ACCESS_KEY_ID", AK),
+        ("AWS_SECRET_ACCESS_KEY", SK),
+        ("LIFEBOAT_S3_PATH_STYLE", "true"),
+        ("LIFEBOAT_S3_PART_SIZE", "5MiB"),
+        ("LIFEBOAT_LOG", "info"),
+    ]);
+    let out = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .unwrap()
+        .unwrap();
+    stop.store(true, Ordering::SeqCst);
+    for w in writers {
+        w.await.unwrap();
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let redone = stderr.contains("uploading it again");
+    eprintln!("streamed upload redone under the snapshot's revision: {redone}");
+    assert_eq!(server.open_uploads(), Vec::<String>::new());
+    let s3 = server.s3_store(&[]).await;
+    let listed = s3.list("").await.unwrap();
+    let keys: Vec<_> = listed.iter().map(|m| m.key.as_str()).collect();
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    let m: serde_json::Value =
+        serde_json::from_slice(&s3.get_bytes(keys[0]).await.unwrap()).unwrap();
+    let id = m["backup_id"].as_str().unwrap();
+    assert!(id.ends_with(&format!("-r{}", m["revision"])), "{id} vs {m}");
+    assert_eq!(
+        keys,
+        [
+            format!("default/{id}/manifest.json"),
+            format!("default/{id}/snapshot.db")
+        ]
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // TLS: LIFEBOAT_S3_CA_FILE adds a trust anchor for the endpoint
 
