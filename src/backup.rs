@@ -307,6 +307,7 @@ pub async fn run(cfg: &BackupConfig, clock: &(dyn Fn() -> SystemTime + Sync)) ->
         _ => None,
     };
 
+    let snapshot_started = spool.reader()?;
     let checks = async {
         etcd::stream_snapshot(&cfg.etcd, &chosen.endpoint, &mut spool).await?;
         tracing::info!("{}", spool.progress_line());
@@ -356,13 +357,31 @@ pub async fn run(cfg: &BackupConfig, clock: &(dyn Fn() -> SystemTime + Sync)) ->
     let mut parts_stored_at = None;
     let checked = match early.as_mut() {
         Some(up) => tokio::try_join!(checks, async {
-            let len = up.drive().await?;
+            // etcd took the snapshot before sending its first bytes. If the member's revision has
+            // not moved since preflight by then, the snapshot has the preflight revision and the
+            // key is right; otherwise it may not (a write before the snapshot), so rather than
+            // risk uploading everything twice, upload after the checks as without streaming.
+            if snapshot_started.wait_written(1).await.is_err() {
+                return Ok(()); // the stream failed: the checks report why
+            }
+            match etcd::revision(&cfg.etcd, &chosen.endpoint).await {
+                Ok(r) if r == chosen.revision => {}
+                moved => {
+                    tracing::info!(
+                        preflight = chosen.revision, now = ?moved.as_ref().map_err(|e| e.to_string()),
+                        "etcd's revision moved since preflight: the snapshot's revision, part of the object key, is known only once verified; uploading after the checks"
+                    );
+                    return Ok(());
+                }
+            }
+            up.drive().await?;
             parts_stored_at = Some(Instant::now());
-            Ok(len)
+            Ok(())
         })
         .map(|(c, _)| c),
         None => checks.await,
     };
+    drop(snapshot_started);
     let ((_spooled, report, upload_path, stored_size, stored_sha, times), checked_at) =
         match checked {
             Ok(c) => c,
