@@ -197,6 +197,7 @@ pub async fn run(cfg: &BackupConfig, clock: &(dyn Fn() -> SystemTime + Sync)) ->
     let pre = etcd::preflight(&cfg.etcd).await?;
     let chosen = pre.chosen.clone();
     let preflight_time = t0.elapsed();
+    crate::testhook::pause_async("LIFEBOAT_TEST_PAUSE_AFTER_PREFLIGHT").await;
 
     let factor = if cfg.compression == Compression::None {
         1.0

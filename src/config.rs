@@ -79,7 +79,7 @@ pub const VARS: &[Var] = &[
     Var { name: "LIFEBOAT_DRY_RUN", default: "false", help: "prune/restore: print the plan, change nothing", commands: &[Backup, Prune, Restore] },
     Var { name: "LIFEBOAT_RESTORE_SOURCE", default: "", help: "snapshot to restore: a file path, `latest` or a backup id in LIFEBOAT_STORE, s3://bucket/prefix/<cluster>/<id>, or a presigned https:// URL (required)", commands: &[Restore] },
     Var { name: "LIFEBOAT_DATA_DIR", default: "", help: "the member's data dir to rebuild, e.g. /var/lib/etcd (required; existing data is moved aside, never deleted)", commands: &[Restore] },
-    Var { name: "LIFEBOAT_WAL_DIR", default: "", help: "not supported yet (refused): the WAL is written to <data-dir>/member/wal", commands: &[Restore] },
+    Var { name: "LIFEBOAT_WAL_DIR", default: "", help: "a separate WAL dir (etcd/etcdutl --wal-dir; start etcd with the same --wal-dir): the WAL goes there instead of <data-dir>/member/wal, member/snap stays in the data dir; an existing WAL dir is moved aside to <wal-dir>.pre-restore-<ts>, never deleted; it must not be a mount point (use a subdirectory of the volume); `{index}` is replaced as for LIFEBOAT_NAME", commands: &[Restore] },
     Var { name: "LIFEBOAT_NAME", default: "default", help: "this member's name (etcd --name); `{index}` is replaced by JOB_COMPLETION_INDEX or LIFEBOAT_MEMBER_INDEX", commands: &[Restore] },
     Var { name: "LIFEBOAT_INITIAL_CLUSTER", default: "<name>=http://localhost:2380", help: "all members: name=peerURL,… — identical for every member", commands: &[Restore] },
     Var { name: "LIFEBOAT_INITIAL_CLUSTER_TOKEN", default: "etcd-cluster", help: "etcd --initial-cluster-token", commands: &[Restore] },

@@ -30,3 +30,4 @@ pub mod shutdown;
 pub mod snapshot;
 pub mod spool;
 pub mod store;
+pub mod testhook;
