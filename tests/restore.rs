@@ -1592,3 +1592,240 @@ fn running_member_never_restored_is_refused_at_once() {
     assert!(etcd.is_running());
     etcd.stop();
 }
+
+// ---------------------------------------------------------------------------------------------
+// 7. A separate WAL dir (LIFEBOAT_WAL_DIR, etcdutl --wal-dir)
+// ---------------------------------------------------------------------------------------------
+
+/// Files (and dirs) directly under `dir`, sorted.
+fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// A restored WAL dir as etcdutl leaves it: 0700, exactly one 0600 segment of 64,000,000 bytes.
+fn check_wal_dir_layout(wal: &Path) {
+    assert_eq!(names(wal), vec![WAL_NAME.to_string()], "{}", wal.display());
+    assert_eq!(fs::metadata(wal).unwrap().mode() & 0o777, 0o700);
+    let m = fs::metadata(wal.join(WAL_NAME)).unwrap();
+    assert_eq!((m.mode() & 0o777, m.len()), (0o600, WAL_SIZE));
+}
+
+#[test]
+fn wal_dir_byte_identical_to_etcdutl_wal_dir() {
+    let v = Version::V3_5_30;
+    let src = source(v);
+    let tmp = tempfile::tempdir().unwrap();
+    let peers = peers(3, "https", 12380);
+    let a = Args {
+        bump: Some(BUMP),
+        ..Args::cluster("m1", &peers, "wal-dir-token")
+    };
+    let (ours_data, ours_wal) = (
+        tmp.path().join("ours/data"),
+        tmp.path().join("ours/waldisk/wal"),
+    );
+    let (their_data, their_wal) = (
+        tmp.path().join("theirs/data"),
+        tmp.path().join("theirs/waldisk/wal"),
+    );
+    let out = ours_cmd(&src.snap, &ours_data, &a)
+        .env("LIFEBOAT_WAL_DIR", &ours_wal)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", describe(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&format!("--wal-dir {}", ours_wal.display())),
+        "{stdout}"
+    );
+    let mut cmd = v.snapshot_tool();
+    cmd.args(["snapshot", "restore"])
+        .arg(&src.snap)
+        .arg(format!("--data-dir={}", their_data.display()))
+        .arg(format!("--wal-dir={}", their_wal.display()))
+        .arg(format!("--name={}", a.name))
+        .arg(format!("--initial-cluster={}", a.initial_cluster))
+        .arg(format!("--initial-cluster-token={}", a.token))
+        .arg(format!("--initial-advertise-peer-urls={}", a.peer_urls))
+        .arg(format!("--bump-revision={BUMP}"))
+        .arg("--mark-compacted");
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "etcdutl: {}", describe(&out));
+
+    // Same layout as etcdutl: no member/wal in the data dir, the WAL directly in the WAL dir,
+    // nothing else left next to the WAL dir (no staging).
+    assert_eq!(names(&ours_data.join("member")), vec!["snap"]);
+    assert_eq!(names(&their_data.join("member")), vec!["snap"]);
+    check_wal_dir_layout(&ours_wal);
+    check_wal_dir_layout(&their_wal);
+    assert_eq!(names(&tmp.path().join("ours/waldisk")), vec!["wal"]);
+    let (ow, tw) = (
+        fs::read(ours_wal.join(WAL_NAME)).unwrap(),
+        fs::read(their_wal.join(WAL_NAME)).unwrap(),
+    );
+    if let Some(at) = first_difference(&ow, &tw) {
+        panic!("WAL in the WAL dir differs from etcdutl --wal-dir at byte {at}");
+    }
+    let marker: Value = serde_json::from_str(
+        &fs::read_to_string(ours_data.join(".lifeboat-restore.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(marker["wal_dir"].as_str(), ours_wal.to_str());
+    // Everything else (.snap bytes, database, modes) as in the default layout: put each WAL dir
+    // where the default layout has it and compare the whole restores.
+    for (data, wal) in [(&ours_data, &ours_wal), (&their_data, &their_wal)] {
+        fs::rename(wal, data.join("member/wal")).unwrap();
+    }
+    compare_restores(&ours_data, &their_data, &a, false, "--wal-dir");
+}
+
+#[test]
+fn wal_dir_live_etcd_starts_with_wal_dir_and_old_wal_is_moved_aside() {
+    let src = source(Version::V3_5_30);
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let wal = tmp.path().join("waldisk/wal");
+    let port = alloc_port();
+    let a = one_member(port);
+    let run = |a: &Args| {
+        let out = ours_cmd(&src.snap, &data, a)
+            .env("LIFEBOAT_WAL_DIR", &wal)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", describe(&out));
+        out
+    };
+    let start = |a: &Args| {
+        Etcd::start(
+            Version::V3_5_30,
+            tls(),
+            EtcdOpts {
+                name: Some(a.name.clone()),
+                initial_cluster: Some(a.initial_cluster.clone()),
+                initial_cluster_token: Some(a.token.clone()),
+                data_dir: Some(data.clone()),
+                peer_port: Some(port),
+                extra_args: vec![format!("--wal-dir={}", wal.display())],
+                ..Default::default()
+            },
+        )
+    };
+    run(&a);
+    check_wal_dir_layout(&wal);
+    assert!(!data.join("member/wal").exists());
+    let mut etcd = start(&a);
+    assert!(
+        get_kvs(&etcd) == src.kvs,
+        "kvs served from the WAL-dir restore"
+    );
+    etcd.etcdctl_ok(&["put", "/after/wal-dir", "x"]);
+    assert!(mod_revision(&etcd, "/after/wal-dir") > src.rev + BUMP as i64);
+    etcd.stop();
+    assert_clean_log(&etcd);
+    // etcd wrote to the WAL dir, not to <data-dir>/member/wal.
+    assert!(!data.join("member/wal").exists());
+    assert!(names(&wal).iter().any(|n| n.ends_with(".wal")));
+
+    // A retried Job: no-op.
+    let before = (tree(&data), tree(&wal));
+    run(&a);
+    assert!(
+        (tree(&data), tree(&wal)) == before,
+        "retry changed something"
+    );
+
+    // Another restore: the WAL dir etcd used is moved aside intact, next to the new one.
+    let old_wal = tree(&wal);
+    let mut other = a.clone();
+    other.token = "another-token".into();
+    let out = run(&other);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("plan: existing WAL:"), "{stdout}");
+    let asides: Vec<String> = names(&tmp.path().join("waldisk"))
+        .into_iter()
+        .filter(|n| n.starts_with("wal.pre-restore-"))
+        .collect();
+    assert_eq!(asides.len(), 1, "{asides:?}");
+    let aside = tmp.path().join("waldisk").join(&asides[0]);
+    assert!(tree(&aside) == old_wal, "moved-aside WAL differs");
+    check_wal_dir_layout(&wal);
+    let marker: Value =
+        serde_json::from_str(&fs::read_to_string(data.join(".lifeboat-restore.json")).unwrap())
+            .unwrap();
+    assert_eq!(marker["wal_moved_aside"].as_str(), aside.to_str());
+    let etcd = start(&other);
+    assert!(get_kvs(&etcd) == src.kvs);
+    let list: Value =
+        serde_json::from_str(&etcd.etcdctl_ok(&["member", "list", "-w", "json"])).unwrap();
+    let id = list["members"][0]["ID"].as_u64().unwrap();
+    assert_eq!(format!("{id:x}"), marker["member_id"].as_str().unwrap());
+    assert_clean_log(&etcd);
+}
+
+#[test]
+fn wal_dir_mount_point_or_inside_member_is_refused() {
+    let src = source(Version::V3_5_30);
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    copy_dir(&src.member, &data.join("member"));
+    let before = tree(&data);
+    let a = one_member(alloc_port());
+    let out = ours_cmd(&src.snap, &data, &a)
+        .env("LIFEBOAT_WAL_DIR", data.join("member/other-wal"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(EXIT_CONFIG), "{}", describe(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("inside <data-dir>/member"));
+    assert!(tree(&data) == before);
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED (mount point part): not root");
+        return;
+    }
+    let wal = tmp.path().join("walvol");
+    fs::create_dir_all(&wal).unwrap();
+    let st = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=80m", "tmpfs"])
+        .arg(&wal)
+        .status();
+    if !matches!(st, Ok(s) if s.success()) {
+        eprintln!("SKIPPED (mount point part): cannot mount tmpfs ({st:?})");
+        return;
+    }
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _u = Unmount(wal.clone());
+    fs::write(wal.join("old.wal"), b"old").unwrap();
+    let out = ours_cmd(&src.snap, &data, &a)
+        .env("LIFEBOAT_WAL_DIR", &wal)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(EXIT_RESTORE), "{}", describe(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("is a mount point") && err.contains("nothing was changed"),
+        "{}",
+        describe(&out)
+    );
+    assert!(tree(&data) == before);
+    assert_eq!(names(&wal), vec!["old.wal"]);
+    // A subdirectory of the volume works, on another filesystem than the data dir.
+    let sub = wal.join("wal");
+    let out = ours_cmd(&src.snap, &data, &a)
+        .env("LIFEBOAT_WAL_DIR", &sub)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", describe(&out));
+    check_wal_dir_layout(&sub);
+    assert_eq!(names(&wal), vec!["old.wal", "wal"]);
+}
