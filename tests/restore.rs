@@ -1829,3 +1829,250 @@ fn wal_dir_mount_point_or_inside_member_is_refused() {
     check_wal_dir_layout(&sub);
     assert_eq!(names(&wal), vec!["old.wal", "wal"]);
 }
+
+// ---------------------------------------------------------------------------------------------
+// 8. SIGTERM (Job deadline, node drain) during a restore
+// ---------------------------------------------------------------------------------------------
+
+fn sigterm(child: &std::process::Child) {
+    // SAFETY: kill(2) on our own child, not yet reaped.
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+    }
+}
+
+/// The entries of `t` under `prefix/`, re-rooted.
+fn subtree(t: &Tree, prefix: &str) -> Tree {
+    t.iter()
+        .filter_map(|(k, v)| {
+            k.strip_prefix(&format!("{prefix}/"))
+                .map(|r| (r.to_string(), v.clone()))
+        })
+        .collect()
+}
+
+/// A complete restored member as our restore writes it (default layout or with a WAL dir).
+fn is_complete_new_member(member: &Tree, wal_inside: bool) -> bool {
+    let snap = "snap/0000000000000001-0000000000000001.snap";
+    let wal_ok = member
+        .get(&format!("wal/{WAL_NAME}"))
+        .is_some_and(|w| w.1 == WAL_SIZE);
+    member.contains_key("snap/db") && member.contains_key(snap) && wal_ok == wal_inside
+}
+
+fn wait_for(path: &Path, child: &mut std::process::Child, what: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !path.exists() {
+        if let Ok(Some(st)) = child.try_wait() {
+            panic!("{what}: the restore ended ({st}) before reaching the pause point");
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: no pause point"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn sigterm_during_swap_finishes_the_swap_then_etcd_starts() {
+    let src = source(Version::V3_5_30);
+    for with_wal in [false, true] {
+        let what = if with_wal {
+            "with LIFEBOAT_WAL_DIR"
+        } else {
+            "default layout"
+        };
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().join("data");
+        let wal = tmp.path().join("waldisk/wal");
+        copy_dir(&src.member, &data.join("member"));
+        if with_wal {
+            copy_dir(&src.member.join("wal"), &wal);
+        }
+        let old = tree(&data.join("member"));
+        let old_wal = with_wal.then(|| tree(&wal));
+        let port = alloc_port();
+        let a = one_member(port);
+        let gate = tmp.path().join("gate");
+        let mut cmd = ours_cmd(&src.snap, &data, &a);
+        cmd.env("LIFEBOAT_TEST_PAUSE_IN_SWAP", &gate)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        if with_wal {
+            cmd.env("LIFEBOAT_WAL_DIR", &wal);
+        }
+        let mut child = cmd.spawn().unwrap();
+        wait_for(&tmp.path().join("gate.paused"), &mut child, what);
+        // Inside the window: the old member (and WAL dir) moved aside, the new ones not yet in.
+        let t = tree(&data);
+        let aside: Vec<String> = names(&data)
+            .into_iter()
+            .filter(|n| n.starts_with("member.pre-restore-"))
+            .collect();
+        assert_eq!(aside.len(), 1, "{what}");
+        assert!(subtree(&t, &aside[0]) == old, "{what}: old member aside");
+        assert!(!data.join("member").exists(), "{what}");
+        sigterm(&child);
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        assert!(
+            matches!(child.try_wait(), Ok(None)),
+            "{what}: SIGTERM interrupted the swap"
+        );
+        fs::write(&gate, b"").unwrap();
+        let out = child.wait_with_output().unwrap();
+        // The swap is a critical section: the run completes, with the new member in place.
+        assert_eq!(out.status.code(), Some(0), "{what}: {}", describe(&out));
+        let t = tree(&data);
+        assert!(
+            is_complete_new_member(&subtree(&t, "member"), !with_wal),
+            "{what}: {:?}",
+            t.keys().collect::<Vec<_>>()
+        );
+        assert!(subtree(&t, &aside[0]) == old, "{what}: old member aside");
+        assert!(data.join(".lifeboat-restore.json").exists());
+        assert!(!data.join(".lifeboat-staging").exists());
+        if let Some(old_wal) = &old_wal {
+            check_wal_dir_layout(&wal);
+            let wal_aside: Vec<String> = names(&tmp.path().join("waldisk"))
+                .into_iter()
+                .filter(|n| n.starts_with("wal.pre-restore-"))
+                .collect();
+            assert_eq!(wal_aside.len(), 1, "{what}: {wal_aside:?}");
+            assert!(tree(&tmp.path().join("waldisk").join(&wal_aside[0])) == *old_wal);
+        }
+        // A retried Job is a no-op, and stock etcd starts on the result.
+        let before = tree(&data);
+        let mut retry = ours_cmd(&src.snap, &data, &a);
+        if with_wal {
+            retry.env("LIFEBOAT_WAL_DIR", &wal);
+        }
+        let out = retry.output().unwrap();
+        assert!(out.status.success(), "{what}: {}", describe(&out));
+        assert!(tree(&data) == before, "{what}: retry changed the data dir");
+        let mut extra_args = Vec::new();
+        if with_wal {
+            extra_args.push(format!("--wal-dir={}", wal.display()));
+        }
+        let etcd = Etcd::start(
+            Version::V3_5_30,
+            tls(),
+            EtcdOpts {
+                name: Some(a.name.clone()),
+                initial_cluster: Some(a.initial_cluster.clone()),
+                initial_cluster_token: Some(a.token.clone()),
+                data_dir: Some(data.clone()),
+                peer_port: Some(port),
+                extra_args,
+                ..Default::default()
+            },
+        );
+        assert!(get_kvs(&etcd) == src.kvs, "{what}");
+        assert_clean_log(&etcd);
+    }
+}
+
+#[test]
+fn sigterm_at_any_moment_leaves_old_or_new_member_and_a_retry_completes() {
+    use std::os::unix::process::ExitStatusExt;
+    let src = source(Version::V3_5_30);
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let waldisk = tmp.path().join("waldisk");
+    let wal = waldisk.join("wal");
+    copy_dir(&src.member, &data.join("member"));
+    copy_dir(&src.member.join("wal"), &wal);
+    let old = tree(&data.join("member"));
+    let old_wal = tree(&wal);
+    let port = alloc_port();
+    let a = one_member(port);
+    let cmd = || {
+        let mut c = ours_cmd(&src.snap, &data, &a);
+        c.env("LIFEBOAT_WAL_DIR", &wal);
+        c
+    };
+    let mut outcomes = Vec::new();
+    for delay_ms in (0..40u64).map(|i| 5 + i * 10) {
+        let mut child = cmd()
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        sigterm(&child);
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        let t = tree(&data);
+        let tw = tree(&waldisk);
+        let ctx = format!(
+            "after SIGTERM at {delay_ms} ms ({:?}): {:?} {:?}\n{err}",
+            out.status,
+            t.keys().collect::<Vec<_>>(),
+            tw.keys().collect::<Vec<_>>()
+        );
+        match (out.status.code(), out.status.signal()) {
+            // Interrupted: staging removed, old member and old WAL dir in place, untouched.
+            (Some(143), _) => {
+                assert!(err.contains("SIGTERM"), "{ctx}");
+                assert!(subtree(&t, "member") == old, "{ctx}");
+                assert!(subtree(&tw, "wal") == old_wal, "{ctx}");
+                assert!(!data.join(".lifeboat-staging").exists(), "{ctx}");
+                assert!(!waldisk.join(".wal.lifeboat-staging").exists(), "{ctx}");
+                assert_eq!(names(&data), vec!["member"], "{ctx}");
+                assert_eq!(names(&waldisk), vec!["wal"], "{ctx}");
+                outcomes.push(format!("{delay_ms}ms:143"));
+            }
+            // Signalled before the handler was installed (start-up): nothing was touched.
+            (None, Some(libc::SIGTERM)) => {
+                assert!(subtree(&t, "member") == old, "{ctx}");
+                assert!(subtree(&tw, "wal") == old_wal, "{ctx}");
+                outcomes.push(format!("{delay_ms}ms:killed-at-start"));
+            }
+            // Completed: the new member and WAL in place, the old ones moved aside intact.
+            (Some(0), _) => {
+                assert!(
+                    is_complete_new_member(&subtree(&t, "member"), false),
+                    "{ctx}"
+                );
+                check_wal_dir_layout(&wal);
+                let aside = names(&data)
+                    .into_iter()
+                    .find(|n| n.starts_with("member.pre-restore-"))
+                    .expect("member aside");
+                assert!(subtree(&t, &aside) == old, "{ctx}");
+                let wal_aside = names(&waldisk)
+                    .into_iter()
+                    .find(|n| n.starts_with("wal.pre-restore-"))
+                    .expect("WAL aside");
+                assert!(subtree(&tw, &wal_aside) == old_wal, "{ctx}");
+                assert!(data.join(".lifeboat-restore.json").exists(), "{ctx}");
+                outcomes.push(format!("{delay_ms}ms:0"));
+                break;
+            }
+            _ => panic!("unexpected exit: {ctx}"),
+        }
+    }
+    eprintln!("SIGTERM outcomes: {}", outcomes.join(" "));
+    assert!(
+        outcomes.iter().any(|o| o.ends_with(":143")),
+        "no SIGTERM hit the restore while it ran: {outcomes:?}"
+    );
+    // A retried Job completes (or is a no-op), and stock etcd starts on the result.
+    let out = cmd().output().unwrap();
+    assert!(out.status.success(), "{}", describe(&out));
+    let etcd = Etcd::start(
+        Version::V3_5_30,
+        tls(),
+        EtcdOpts {
+            name: Some(a.name.clone()),
+            initial_cluster: Some(a.initial_cluster.clone()),
+            initial_cluster_token: Some(a.token.clone()),
+            data_dir: Some(data.clone()),
+            peer_port: Some(port),
+            extra_args: vec![format!("--wal-dir={}", wal.display())],
+            ..Default::default()
+        },
+    );
+    assert!(get_kvs(&etcd) == src.kvs);
+    assert_clean_log(&etcd);
+}
