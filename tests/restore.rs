@@ -1993,7 +1993,7 @@ fn sigterm_at_any_moment_leaves_old_or_new_member_and_a_retry_completes() {
     };
     let mut outcomes = Vec::new();
     for delay_ms in (0..40u64).map(|i| 5 + i * 10) {
-        let mut child = cmd()
+        let child = cmd()
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
             .spawn()
