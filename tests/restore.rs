@@ -1769,7 +1769,7 @@ fn wal_dir_live_etcd_starts_with_wal_dir_and_old_wal_is_moved_aside() {
 }
 
 #[test]
-fn wal_dir_mount_point_or_inside_member_is_refused() {
+fn wal_dir_refused_inside_member_on_a_mount_point_or_a_full_volume() {
     let src = source(Version::V3_5_30);
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
@@ -1828,6 +1828,34 @@ fn wal_dir_mount_point_or_inside_member_is_refused() {
     assert!(out.status.success(), "{}", describe(&out));
     check_wal_dir_layout(&sub);
     assert_eq!(names(&wal), vec!["old.wal", "wal"]);
+
+    // Disk full on the WAL volume: refused before anything moves.
+    let small = tmp.path().join("smallvol");
+    fs::create_dir_all(&small).unwrap();
+    let st = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=8m", "tmpfs"])
+        .arg(&small)
+        .status();
+    assert!(matches!(st, Ok(s) if s.success()), "{st:?}");
+    let _u2 = Unmount(small.clone());
+    let before = (tree(&data), tree(&wal));
+    let mut other = a.clone();
+    other.token = "other".into();
+    let out = ours_cmd(&src.snap, &data, &other)
+        .env("LIFEBOAT_WAL_DIR", small.join("wal"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(EXIT_RESTORE), "{}", describe(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("LIFEBOAT_WAL_DIR's parent")
+            && err.contains("free")
+            && err.contains("nothing was changed"),
+        "{}",
+        describe(&out)
+    );
+    assert!((tree(&data), tree(&wal)) == before);
+    assert_eq!(names(&small), Vec::<String>::new());
 }
 
 // ---------------------------------------------------------------------------------------------
