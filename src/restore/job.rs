@@ -621,15 +621,25 @@ pub async fn run(cfg: &RestoreConfig, now: SystemTime) -> Result<Outcome> {
     }
     // A data dir we create is removed again (when still empty) if the restore fails.
     let created_dir = RemoveEmptyDir((!cfg.data_dir.exists()).then(|| cfg.data_dir.clone()));
-    install::ensure_writable_with_room(&cfg.data_dir, needed)?;
     // A separate WAL dir is staged next to it (same filesystem: the final step is a rename).
     let wal_parent = cfg.wal_dir.as_deref().map(install::parent_of);
+    let wal_need = crate::restore::wal::WAL_SEGMENT_SIZE + (1 << 20);
+    let data_need = if wal_parent.is_some() {
+        needed - wal_need.min(needed)
+    } else {
+        needed
+    };
+    install::ensure_writable_with_room(&cfg.data_dir, data_need)?;
     let created_wal_parent =
         RemoveEmptyDir(wal_parent.filter(|p| !p.exists()).map(Path::to_path_buf));
     if let Some(p) = wal_parent {
+        // On the data dir's filesystem, the WAL and the member need room together.
+        use std::os::unix::fs::MetadataExt;
+        let dev = |d: &Path| std::fs::metadata(d).map(|m| m.dev()).ok();
+        let shared = dev(p).is_some() && dev(p) == dev(&cfg.data_dir);
         install::ensure_dir_writable_with_room(
             p,
-            crate::restore::wal::WAL_SEGMENT_SIZE + (1 << 20),
+            if shared { needed } else { wal_need },
             "LIFEBOAT_WAL_DIR's parent",
         )?;
     }
