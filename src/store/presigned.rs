@@ -32,6 +32,8 @@ use crate::store::{redact_url, Capabilities, ObjectMeta};
 pub const MAX_SINGLE_PUT: u64 = 5 << 30;
 /// `get_bytes` is for manifests: refuse to buffer anything bigger.
 const MAX_GET_BYTES: u64 = 64 << 20;
+/// The longest a PUT waits for an early answer to its headers before sending the body.
+const EARLY_ANSWER: Duration = Duration::from_secs(1);
 /// How much of an error body is read to explain it.
 const MAX_ERROR_BODY: usize = 16 << 10;
 
@@ -42,7 +44,26 @@ pub struct SecretUrl(reqwest::Url);
 impl SecretUrl {
     /// Parse and check `raw` (from variable `var`): http(s), a host, plain http only on loopback.
     pub fn parse(var: &str, raw: &str) -> Result<Self> {
-        let shown = redact_url(raw);
+        Self::parse_shown(
+            var,
+            raw,
+            &redact_url(raw),
+            "for a presigned URL (its signature is a credential anyone on the path could replay)",
+        )
+    }
+
+    /// [`SecretUrl::parse`] for a notification URL: errors show scheme and host only, since a
+    /// webhook's path may be its secret.
+    pub fn parse_notify(var: &str, raw: &str) -> Result<Self> {
+        Self::parse_shown(
+            var,
+            raw,
+            &crate::store::redact_to_host(raw),
+            "(the URL may carry credentials anyone on the path could replay)",
+        )
+    }
+
+    fn parse_shown(var: &str, raw: &str, shown: &str, why_https: &str) -> Result<Self> {
         let url = reqwest::Url::parse(raw)
             .map_err(|e| Error::Config(format!("{var}: {shown} is not a valid URL ({e})")))?;
         let host = url.host_str().unwrap_or("");
@@ -54,7 +75,7 @@ impl SecretUrl {
             "http" if net::is_loopback_host(host) => {}
             "http" => {
                 return Err(Error::Config(format!(
-                    "{var}: {shown}: plain http:// is refused for a presigned URL (its signature is a credential anyone on the path could replay); use https://, or http:// only on a loopback host (127.0.0.1, ::1, localhost)"
+                    "{var}: {shown}: plain http:// is refused {why_https}; use https://, or http:// only on a loopback host (127.0.0.1, ::1, localhost)"
                 )))
             }
             other => {
@@ -64,6 +85,11 @@ impl SecretUrl {
             }
         }
         Ok(SecretUrl(url))
+    }
+
+    /// The URL itself, credentials included: for sending, never for showing.
+    pub(crate) fn url(&self) -> &reqwest::Url {
+        &self.0
     }
 }
 
@@ -181,11 +207,24 @@ impl PresignedStore {
                 .await
                 .map_err(|e| Failure::Final(Error::io(format!("opening {}", src.display()), e)))?;
             let a = activity.clone();
-            let stream =
+            // Hold the body back for a moment after the headers (a hand-made `Expect:
+            // 100-continue`, which hyper does not do): a store that refuses the request from its
+            // headers alone (S3: 403 for an expired or tampered signature) answers before reading
+            // the body and closes; if we were still sending, the reset would reach us before the
+            // answer and look like a network failure worth retrying.
+            let window = early_answer_window(self.net);
+            let a2 = activity.clone();
+            let hold = futures_util::stream::once(async move {
+                tokio::time::sleep(window).await;
+                a2.touch();
+            })
+            .filter_map(|()| std::future::ready(None::<std::io::Result<Bytes>>));
+            let stream = hold.chain(
                 tokio_util::io::ReaderStream::with_capacity(file, 256 << 10).map(move |chunk| {
                     a.touch();
                     chunk
-                });
+                }),
+            );
             let req = self
                 .client
                 .put(url.0.clone())
@@ -273,9 +312,36 @@ impl PresignedStore {
 
     pub async fn get_to_file(&self, key: &str, dest: &Path) -> Result<u64> {
         let url = self.url_for(key)?;
-        let (mut resp, first, expected) = self.get(url).await?;
+        let (resp, first, expected) = self.get(url).await?;
         let mut file = tokio::fs::File::from_std(create_private(dest)?);
-        let write_err = |e| Error::io(format!("writing {}", dest.display()), e);
+        let dest = dest.display().to_string();
+        self.stream_into(url, resp, first, expected, &mut file, &dest)
+            .await
+    }
+
+    /// Stream `key` into `file` (named `dest` in errors); its size.
+    pub async fn get_to_writer(
+        &self,
+        key: &str,
+        file: &mut (impl tokio::io::AsyncWrite + Unpin),
+        dest: &str,
+    ) -> Result<u64> {
+        let url = self.url_for(key)?;
+        let (resp, first, expected) = self.get(url).await?;
+        self.stream_into(url, resp, first, expected, file, dest)
+            .await
+    }
+
+    async fn stream_into(
+        &self,
+        url: &SecretUrl,
+        mut resp: reqwest::Response,
+        first: Bytes,
+        expected: Option<u64>,
+        file: &mut (impl tokio::io::AsyncWrite + Unpin),
+        dest: &str,
+    ) -> Result<u64> {
+        let write_err = |e| Error::io(format!("writing {dest}"), e);
         file.write_all(&first).await.map_err(write_err)?;
         let mut n = first.len() as u64;
         loop {
@@ -415,7 +481,13 @@ impl PresignedStore {
     }
 }
 
-fn err_chain(e: &dyn std::error::Error) -> String {
+/// How long a PUT waits after its headers for an early answer before it sends the body: 1 s, or a
+/// quarter of the read timeout when that is shorter (the stall watchdog must not fire meanwhile).
+fn early_answer_window(net: NetConfig) -> Duration {
+    EARLY_ANSWER.min(net.read_timeout / 4)
+}
+
+pub(crate) fn err_chain(e: &dyn std::error::Error) -> String {
     // reqwest errors print their URL: strip it to keep the signature out of messages.
     let mut out = e.to_string();
     let mut cur = e.source();
