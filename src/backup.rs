@@ -226,6 +226,9 @@ pub async fn run(cfg: &BackupConfig, clock: &(dyn Fn() -> SystemTime + Sync)) ->
     )?;
     let store = Store::open(&cfg.store).await?;
     let caps = store.capabilities();
+    // An already expired presigned URL: refuse before anything is uploaded that could not be
+    // completed (a PUT URL cannot delete what it wrote).
+    store.check_expiry(Duration::from_secs(600))?;
     let _store_lock = match &cfg.store.location {
         Location::Local(dir) => {
             crate::fsutil::create_dir_private(&dir.join(&cfg.cluster_name))?;
@@ -406,7 +409,14 @@ pub async fn run(cfg: &BackupConfig, clock: &(dyn Fn() -> SystemTime + Sync)) ->
     let manifest_key = format!("{dir}/{}", manifest::MANIFEST_NAME);
     if caps.manifest {
         if let Err(e) = store.put_bytes(&manifest_key, &m.to_json()).await {
-            let _ = store.delete(&object_key).await;
+            if caps.delete {
+                let _ = store.delete(&object_key).await;
+            } else {
+                tracing::warn!(
+                    "the snapshot was uploaded to {} (complete and verified) but its manifest was not; a presigned PUT URL cannot delete it: delete it with the tool that presigned it, or run again with new URLs (it is overwritten)",
+                    store.describe()
+                );
+            }
             return Err(e);
         }
     } else {

@@ -1576,4 +1576,76 @@ async fn presigned_url_expiring_mid_backup_is_explained() {
         "{:?}",
         spool_left(spool.path())
     );
+
+    // A manifest URL that has already expired when the backup starts: refused before anything is
+    // uploaded (a PUT URL could not delete the object again), without a single request.
+    let put = server
+        .presign("PUT", key, SystemTime::now(), Duration::from_secs(600))
+        .await;
+    let stale = server
+        .presign(
+            "PUT",
+            "c/one-shot/manifest.json",
+            SystemTime::now() - Duration::from_secs(3600),
+            Duration::from_secs(60),
+        )
+        .await;
+    let before = server.requests();
+    let out = run_backup(
+        &etcd,
+        spool.path(),
+        vec![
+            ("LIFEBOAT_STORE", put.clone()),
+            ("LIFEBOAT_MANIFEST_URL", stale),
+        ],
+    )
+    .await;
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(5), "{err}");
+    assert!(
+        err.contains(INVALID) && err.contains("LIFEBOAT_MANIFEST_URL expired"),
+        "{err}"
+    );
+    assert_eq!(server.requests(), before, "something was sent: {err}");
+    assert!(
+        spool_left(spool.path()).is_empty(),
+        "{:?}",
+        spool_left(spool.path())
+    );
+
+    // A manifest URL that expires while the object uploads: the manifest PUT is refused; the
+    // object (complete, verified) cannot be deleted through a PUT URL, and the log says so.
+    let manifest = server
+        .presign(
+            "PUT",
+            "c/one-shot/manifest.json",
+            SystemTime::now(),
+            Duration::from_secs(2),
+        )
+        .await;
+    server.faults.delay_put_ms.store(3000, Ordering::SeqCst);
+    let out = run_backup(
+        &etcd,
+        spool.path(),
+        vec![("LIFEBOAT_STORE", put), ("LIFEBOAT_MANIFEST_URL", manifest)],
+    )
+    .await;
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(5), "{err}");
+    assert!(err.contains(INVALID), "{err}");
+    assert!(err.contains("but its manifest was not"), "{err}");
+    assert!(!err.contains("X-Amz-Signature="), "signature leaked: {err}");
+    let keys: Vec<_> = s3
+        .list("")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.key)
+        .collect();
+    assert_eq!(keys, vec![key.to_string()], "no manifest may exist");
+    assert!(
+        spool_left(spool.path()).is_empty(),
+        "{:?}",
+        spool_left(spool.path())
+    );
 }

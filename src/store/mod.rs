@@ -248,6 +248,15 @@ impl Store {
         }
     }
 
+    /// Before a backup: a presigned URL that has already expired is refused (nothing could be
+    /// completed with it), one that expires within `soon` is warned about. Other stores: nothing.
+    pub fn check_expiry(&self, soon: std::time::Duration) -> Result<()> {
+        match self {
+            Store::Presigned(s) => s.check_expiry(std::time::SystemTime::now(), soon),
+            _ => Ok(()),
+        }
+    }
+
     /// Upload the file at `src` as `key` (atomically: readers see all of it or nothing).
     pub async fn put_file(&self, key: &str, src: &Path) -> Result<ObjectMeta> {
         check_key(key)?;

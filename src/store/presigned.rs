@@ -14,7 +14,7 @@
 
 use std::fmt;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -32,6 +32,33 @@ use crate::store::{redact_url, Capabilities, ObjectMeta};
 pub const MAX_SINGLE_PUT: u64 = 5 << 30;
 /// `get_bytes` is for manifests: refuse to buffer anything bigger.
 const MAX_GET_BYTES: u64 = 64 << 20;
+/// When a presigned URL stops working: signing time + validity, from its query (SigV4 `X-Amz-Date`
+/// `20261122T043330Z` + `X-Amz-Expires` seconds; GCS's `X-Goog-` names alike). `None` when absent.
+fn expiry(url: &reqwest::Url) -> Option<SystemTime> {
+    let (mut date, mut secs) = (None, None);
+    for (k, v) in url.query_pairs() {
+        match k.to_ascii_lowercase().as_str() {
+            "x-amz-date" | "x-goog-date" => date = Some(v.into_owned()),
+            "x-amz-expires" | "x-goog-expires" => secs = v.parse::<u64>().ok(),
+            _ => {}
+        }
+    }
+    let d = date?;
+    if d.len() != 16 || !d.is_ascii() {
+        return None;
+    }
+    let rfc = format!(
+        "{}-{}-{}T{}:{}:{}Z",
+        &d[0..4],
+        &d[4..6],
+        &d[6..8],
+        &d[9..11],
+        &d[11..13],
+        &d[13..15]
+    );
+    Some(humantime::parse_rfc3339(&rfc).ok()? + Duration::from_secs(secs?))
+}
+
 /// The longest a PUT waits for an early answer to its headers before sending the body.
 const EARLY_ANSWER: Duration = Duration::from_secs(1);
 /// How much of an error body is read to explain it.
@@ -189,6 +216,39 @@ impl PresignedStore {
         } else {
             Ok(&self.object)
         }
+    }
+
+    /// Before a backup: refuse URLs that have already expired (SigV4 `X-Amz-Date` +
+    /// `X-Amz-Expires`, or the `X-Goog-` equivalents) by this machine's clock, so that nothing is
+    /// uploaded that cannot be completed; warn about URLs that expire within `soon`.
+    pub fn check_expiry(&self, now: SystemTime, soon: Duration) -> Result<()> {
+        let urls = [
+            Some(("LIFEBOAT_STORE", &self.object)),
+            self.manifest.as_ref().map(|m| ("LIFEBOAT_MANIFEST_URL", m)),
+        ];
+        for (var, url) in urls.into_iter().flatten() {
+            let Some(expires) = expiry(url.url()) else {
+                continue;
+            };
+            match expires.duration_since(now) {
+                Err(ago) => {
+                    return Err(invalid_url(
+                        "uploading to",
+                        url,
+                        &format!(
+                            "{var} expired {} ago by this machine's clock; nothing was uploaded",
+                            humantime::format_duration(Duration::from_secs(ago.duration().as_secs()))
+                        ),
+                    ))
+                }
+                Ok(left) if left < soon => tracing::warn!(
+                    "{var} ({url}) expires in {}: a backup that takes longer fails; presign it for longer",
+                    humantime::format_duration(Duration::from_secs(left.as_secs()))
+                ),
+                Ok(_) => {}
+            }
+        }
+        Ok(())
     }
 
     pub async fn put_file(&self, key: &str, src: &Path) -> Result<ObjectMeta> {
@@ -690,6 +750,51 @@ mod tests {
         assert_eq!(xml_tag(x, "Code"), Some("AccessDenied"));
         assert_eq!(xml_tag(x, "Message"), Some("Request has expired"));
         assert_eq!(xml_tag(x, "Nope"), None);
+    }
+
+    #[test]
+    fn expiry_is_read_from_the_signature_query() {
+        let u = |q: &str| reqwest::Url::parse(&format!("https://h/b/k?{q}")).unwrap();
+        let t0 = humantime::parse_rfc3339("2026-11-22T04:33:30Z").unwrap();
+        assert_eq!(
+            expiry(&u(
+                "X-Amz-Date=20261122T043330Z&X-Amz-Expires=3600&X-Amz-Signature=s"
+            )),
+            Some(t0 + Duration::from_secs(3600))
+        );
+        assert_eq!(
+            expiry(&u("x-goog-date=20261122T043330Z&x-goog-expires=60")),
+            Some(t0 + Duration::from_secs(60))
+        );
+        for none in [
+            "X-Amz-Signature=s",
+            "X-Amz-Date=2026&X-Amz-Expires=1",
+            "X-Amz-Date=20261122T043330Z",
+        ] {
+            assert_eq!(expiry(&u(none)), None, "{none}");
+        }
+        let env = Env::from_pairs([(
+            "LIFEBOAT_MANIFEST_URL",
+            "https://h/b/m?X-Amz-Date=20261122T043330Z&X-Amz-Expires=60&X-Amz-Signature=sekrit",
+        )]);
+        let cfg = PresignedConfig::from_env(
+            &env,
+            "LIFEBOAT_STORE",
+            "https://h/b/k?X-Amz-Date=20261122T043330Z&X-Amz-Expires=86400&X-Amz-Signature=sekrit",
+        )
+        .unwrap();
+        let s = PresignedStore::open(&cfg).unwrap();
+        let soon = Duration::from_secs(600);
+        s.check_expiry(t0 + Duration::from_secs(59), soon).unwrap();
+        let e = s
+            .check_expiry(t0 + Duration::from_secs(120), soon)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("presign a new one") && e.contains("LIFEBOAT_MANIFEST_URL expired 1m ago"),
+            "{e}"
+        );
+        assert!(!e.contains("sekrit"), "{e}");
     }
 
     #[test]
