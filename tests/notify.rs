@@ -371,3 +371,51 @@ fn broken_notification_endpoints_only_warn() {
     assert_no_secret(&out);
     assert!(String::from_utf8_lossy(&out.stderr).contains("LIFEBOAT_WEBHOOK_URL"));
 }
+
+#[test]
+fn restore_failure_is_posted_and_a_silent_endpoint_is_cut_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let hook = Recorder::start(200);
+    // A webhook that accepts connections and never answers: bounded by LIFEBOAT_NOTIFY_TIMEOUT.
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_url = format!(
+        "http://127.0.0.1:{}/hook?token={SECRET}",
+        silent.local_addr().unwrap().port()
+    );
+    let restore = |url: &str| {
+        lifeboat()
+            .arg("restore")
+            .env("LIFEBOAT_RESTORE_SOURCE", dir.path().join("missing.db"))
+            .env("LIFEBOAT_DATA_DIR", dir.path().join("data"))
+            .env("LIFEBOAT_SPOOL_DIR", dir.path())
+            .env("LIFEBOAT_CLUSTER_NAME", "prod")
+            .env("LIFEBOAT_WEBHOOK_URL", url)
+            .env("LIFEBOAT_NOTIFY_TIMEOUT", "2s")
+            .output()
+            .unwrap()
+    };
+    let out = restore(&hook.url("hook"));
+    let code = out.status.code();
+    assert!(matches!(code, Some(2 | 6 | 7)), "{}", describe(&out));
+    assert_no_secret(&out);
+    let posted = hook.requests();
+    assert_eq!(posted.len(), 1);
+    let j: serde_json::Value = serde_json::from_slice(&posted[0].body).unwrap();
+    assert_eq!(
+        (&j["event"], &j["outcome"], &j["cluster"]),
+        (&"restore".into(), &"failure".into(), &"prod".into())
+    );
+    assert_eq!(j["exit_code"].as_i64(), code.map(i64::from));
+    assert!(j["error"].as_str().unwrap().contains("missing.db"), "{j}");
+
+    // The silent endpoint: the run still ends, with the same exit code and a warning.
+    let out = restore(&silent_url);
+    assert_eq!(out.status.code(), code, "{}", describe(&out));
+    assert_no_secret(&out);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("LIFEBOAT_NOTIFY_TIMEOUT") || err.contains("webhook notification to"),
+        "{err}"
+    );
+    drop(silent);
+}
