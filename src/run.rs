@@ -206,12 +206,12 @@ fn verify_cmd(env: &Env, id: Option<&str>) -> Result<crate::manifest::Manifest> 
                 .map_err(|e| Error::Internal(format!("worker thread failed: {e}")))??;
         tracing::info!(keys, "restore drill: member dir rebuilt and read back");
         println!(
-        "{}: OK (sha256 of stored object and database match the manifest; trailer verified: {}; bbolt integrity OK; revision {}, {} keys; restore drill OK)",
-        m.backup_id,
-        report.trailer == Trailer::Verified,
-        report.status.revision,
-        report.status.total_key
-    );
+            "{}: OK (sha256 of stored object and database match the manifest; trailer verified: {}; bbolt integrity OK; revision {}, {} keys; restore drill OK)",
+            m.backup_id,
+            report.trailer == Trailer::Verified,
+            report.status.revision,
+            report.status.total_key
+        );
         Ok(m.clone())
     })
 }

@@ -11,6 +11,11 @@
 //! the object should be) is reported as "the presigned URL has expired or is invalid", never
 //! taken as data. Plain `http://` is accepted for loopback hosts only: the signature in the URL is
 //! a bearer credential. URLs are only ever shown through [`redact_url`].
+//!
+//! Expiry: before a backup, URLs whose `X-Amz-Date` + `X-Amz-Expires` lie in the past are refused
+//! (nothing is uploaded that could not be completed). A PUT holds its body back for up to 1 s after
+//! the request head, so that a store refusing the head alone (S3's 403 for an expired or tampered
+//! signature) is heard at once instead of racing the body into a connection reset.
 
 use std::fmt;
 use std::path::Path;
@@ -32,33 +37,6 @@ use crate::store::{redact_url, Capabilities, ObjectMeta};
 pub const MAX_SINGLE_PUT: u64 = 5 << 30;
 /// `get_bytes` is for manifests: refuse to buffer anything bigger.
 const MAX_GET_BYTES: u64 = 64 << 20;
-/// When a presigned URL stops working: signing time + validity, from its query (SigV4 `X-Amz-Date`
-/// `20261122T043330Z` + `X-Amz-Expires` seconds; GCS's `X-Goog-` names alike). `None` when absent.
-fn expiry(url: &reqwest::Url) -> Option<SystemTime> {
-    let (mut date, mut secs) = (None, None);
-    for (k, v) in url.query_pairs() {
-        match k.to_ascii_lowercase().as_str() {
-            "x-amz-date" | "x-goog-date" => date = Some(v.into_owned()),
-            "x-amz-expires" | "x-goog-expires" => secs = v.parse::<u64>().ok(),
-            _ => {}
-        }
-    }
-    let d = date?;
-    if d.len() != 16 || !d.is_ascii() {
-        return None;
-    }
-    let rfc = format!(
-        "{}-{}-{}T{}:{}:{}Z",
-        &d[0..4],
-        &d[4..6],
-        &d[6..8],
-        &d[9..11],
-        &d[11..13],
-        &d[13..15]
-    );
-    Some(humantime::parse_rfc3339(&rfc).ok()? + Duration::from_secs(secs?))
-}
-
 /// The longest a PUT waits for an early answer to its headers before sending the body.
 const EARLY_ANSWER: Duration = Duration::from_secs(1);
 /// How much of an error body is read to explain it.
@@ -545,6 +523,33 @@ impl PresignedStore {
 /// quarter of the read timeout when that is shorter (the stall watchdog must not fire meanwhile).
 fn early_answer_window(net: NetConfig) -> Duration {
     EARLY_ANSWER.min(net.read_timeout / 4)
+}
+
+/// When a presigned URL stops working: signing time + validity, from its query (SigV4 `X-Amz-Date`
+/// `20261122T043330Z` + `X-Amz-Expires` seconds; GCS's `X-Goog-` names alike). `None` when absent.
+fn expiry(url: &reqwest::Url) -> Option<SystemTime> {
+    let (mut date, mut secs) = (None, None);
+    for (k, v) in url.query_pairs() {
+        match k.to_ascii_lowercase().as_str() {
+            "x-amz-date" | "x-goog-date" => date = Some(v.into_owned()),
+            "x-amz-expires" | "x-goog-expires" => secs = v.parse::<u64>().ok(),
+            _ => {}
+        }
+    }
+    let d = date?;
+    if d.len() != 16 || !d.is_ascii() {
+        return None;
+    }
+    let rfc = format!(
+        "{}-{}-{}T{}:{}:{}Z",
+        &d[0..4],
+        &d[4..6],
+        &d[6..8],
+        &d[9..11],
+        &d[11..13],
+        &d[13..15]
+    );
+    Some(humantime::parse_rfc3339(&rfc).ok()? + Duration::from_secs(secs?))
 }
 
 pub(crate) fn err_chain(e: &dyn std::error::Error) -> String {
