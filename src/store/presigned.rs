@@ -549,7 +549,9 @@ fn expiry(url: &reqwest::Url) -> Option<SystemTime> {
         &d[11..13],
         &d[13..15]
     );
-    Some(humantime::parse_rfc3339(&rfc).ok()? + Duration::from_secs(secs?))
+    humantime::parse_rfc3339(&rfc)
+        .ok()?
+        .checked_add(Duration::from_secs(secs?))
 }
 
 pub(crate) fn err_chain(e: &dyn std::error::Error) -> String {
@@ -770,6 +772,14 @@ mod tests {
         assert_eq!(
             expiry(&u("x-goog-date=20261122T043330Z&x-goog-expires=60")),
             Some(t0 + Duration::from_secs(60))
+        );
+        // Absurd validity: no overflow, just "no expiry known".
+        assert_eq!(
+            expiry(&u(&format!(
+                "X-Amz-Date=20261122T043330Z&X-Amz-Expires={}",
+                u64::MAX
+            ))),
+            None
         );
         for none in [
             "X-Amz-Signature=s",
