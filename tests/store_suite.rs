@@ -1447,7 +1447,9 @@ async fn verify_upload_full_catches_a_store_that_damages_the_object() {
 /// A server that refuses a presigned PUT from its headers alone (as S3 does for an expired or
 /// tampered signature): reads the request head, answers 403 `AccessDenied` "Request has expired"
 /// and closes with the body unread. The backup must report that answer at once — one request, no
-/// retries of what would otherwise look like a connection reset — with exit 5.
+/// retries of what would otherwise look like a connection reset — with exit 5. (On loopback hyper
+/// also reads the answer when the body is already streaming; the early-answer wait in
+/// `presigned.rs` closes the race that remains on real networks. This test guards the outcome.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn presigned_put_refused_before_its_body_fails_at_once() {
     let etcd = start_etcd().await;
