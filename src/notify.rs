@@ -16,6 +16,8 @@
 //! SIGTERM, which leaves room in the pod's grace period). The URLs may carry credentials (basic-auth
 //! user info, tokens in the query, secret paths as in Slack-style webhooks): they are checked like a
 //! presigned URL (https, or plain http on loopback only) and only ever logged as scheme + host.
+//! One exception: an in-cluster Pushgateway is usually plain `http://…:9091`, so the Pushgateway
+//! URL may be plain http anywhere when it carries no user info and no query.
 
 use std::time::{Duration, Instant, SystemTime};
 
@@ -43,9 +45,9 @@ pub struct NotifyConfig {
 
 impl NotifyConfig {
     pub fn from_env(env: &Env) -> Result<Self> {
-        let url = |var: &str| {
+        let url = |var: &str, plain_http_ok: bool| {
             env.get(var)
-                .map(|u| SecretUrl::parse_notify(var, u))
+                .map(|u| SecretUrl::parse_notify(var, u, plain_http_ok))
                 .transpose()
         };
         let timeout = env.duration("LIFEBOAT_NOTIFY_TIMEOUT", "10s")?;
@@ -55,8 +57,8 @@ impl NotifyConfig {
             ));
         }
         Ok(NotifyConfig {
-            pushgateway: url("LIFEBOAT_PUSHGATEWAY_URL")?,
-            webhook: url("LIFEBOAT_WEBHOOK_URL")?,
+            pushgateway: url("LIFEBOAT_PUSHGATEWAY_URL", true)?,
+            webhook: url("LIFEBOAT_WEBHOOK_URL", false)?,
             timeout,
         })
     }
@@ -383,6 +385,20 @@ mod tests {
             e.contains("LIFEBOAT_WEBHOOK_URL") && e.contains("loopback"),
             "{e}"
         );
+        // An in-cluster Pushgateway over plain http is fine without credentials, not with them.
+        let env = Env::from_pairs([(
+            "LIFEBOAT_PUSHGATEWAY_URL",
+            "http://pushgateway.monitoring.svc:9091",
+        )]);
+        assert!(NotifyConfig::from_env(&env).is_ok());
+        for bad in [
+            "http://u:SECRET@pushgateway.monitoring.svc:9091",
+            "http://pushgateway.monitoring.svc:9091/?token=SECRET",
+        ] {
+            let env = Env::from_pairs([("LIFEBOAT_PUSHGATEWAY_URL", bad)]);
+            let e = NotifyConfig::from_env(&env).unwrap_err().to_string();
+            assert!(e.contains("loopback") && !e.contains("SECRET"), "{e}");
+        }
         let env = Env::from_pairs([("LIFEBOAT_NOTIFY_TIMEOUT", "0s")]);
         assert!(NotifyConfig::from_env(&env).is_err());
         let u = SecretUrl::parse(

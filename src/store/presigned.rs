@@ -59,11 +59,28 @@ impl SecretUrl {
 
     /// [`SecretUrl::parse`] for a notification URL: errors show scheme and host only, since a
     /// webhook's path may be its secret.
-    pub fn parse_notify(var: &str, raw: &str) -> Result<Self> {
+    ///
+    /// A Pushgateway inside the cluster is usually plain `http://pushgateway.<ns>:9091`; metrics are
+    /// not secret, so `plain_http_ok` lets such a URL through as long as it carries no user info
+    /// and no query (where credentials would be).
+    pub fn parse_notify(var: &str, raw: &str, plain_http_ok: bool) -> Result<Self> {
+        let shown = crate::store::redact_to_host(raw);
+        if plain_http_ok {
+            if let Ok(url) = reqwest::Url::parse(raw) {
+                if url.scheme() == "http"
+                    && url.host_str().is_some_and(|h| !h.is_empty())
+                    && url.username().is_empty()
+                    && url.password().is_none()
+                    && url.query().is_none()
+                {
+                    return Ok(SecretUrl(url));
+                }
+            }
+        }
         Self::parse_shown(
             var,
             raw,
-            &crate::store::redact_to_host(raw),
+            &shown,
             "(the URL may carry credentials anyone on the path could replay)",
         )
     }
