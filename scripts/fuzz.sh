@@ -3,6 +3,11 @@
 #
 #   scripts/fuzz.sh [EXECS] [TARGET...]     EXECS defaults to 1000000; targets default to all
 #
+# FUZZ_SANITIZER=address|none (default address). `none` runs ~7x faster (3,600 vs 550 exec/s for
+# snapshot_inspect here) and still catches what the targets look for — panics, hangs, OOM: the
+# fuzzed code has no `unsafe` besides two posix_fadvise calls, so ASan adds little. The 10M-execution
+# runs recorded in docs/RELIABILITY.md say which sanitizer they used.
+#
 # FUZZ_MAX_TIME=SECONDS also stops each target after that long (libFuzzer -max_total_time); the
 # final "stat::number_of_executed_units" line then says how many executions actually ran.
 #
@@ -22,6 +27,7 @@ if [ ${#TARGETS[@]} -eq 0 ]; then
     mapfile -t TARGETS < <(cargo +nightly fuzz list)
 fi
 JOBS_SEED="${FUZZ_SEED:-1}"
+SANITIZER="${FUZZ_SANITIZER:-address}"
 mkdir -p logs
 
 seed_corpus() { # target dir
@@ -51,8 +57,8 @@ for target in "${TARGETS[@]}"; do
     seed_corpus "$target" "$corpus"
     max_len=4096
     [ "$target" = snapshot_inspect ] && max_len=131072
-    echo "== $target: $EXECS executions (seed $JOBS_SEED, max_len $max_len, $(ls "$corpus" | wc -l) seeds)"
-    cmd=(cargo +nightly fuzz run "$target" "$corpus" -- -runs="$EXECS" -seed="$JOBS_SEED"
+    echo "== $target: $EXECS executions (seed $JOBS_SEED, sanitizer $SANITIZER, max_len $max_len, $(ls "$corpus" | wc -l) seeds)"
+    cmd=(cargo +nightly fuzz run -s "$SANITIZER" "$target" "$corpus" -- -runs="$EXECS" -seed="$JOBS_SEED"
         -max_len="$max_len" -rss_limit_mb=2048 -timeout=10 -print_final_stats=1)
     if [ -n "${FUZZ_MAX_TIME:-}" ]; then
         cmd+=(-max_total_time="$FUZZ_MAX_TIME")

@@ -38,6 +38,15 @@ impl Compression {
     }
 }
 
+/// `LIFEBOAT_VERIFY_UPLOAD`: how much of the upload is read back before the manifest is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VerifyUpload {
+    /// The store's size of the object (HEAD), and the manifest read back.
+    Size,
+    /// Also download the object again and compare its sha256 with the manifest's.
+    Full,
+}
+
 #[derive(Debug, Clone)]
 pub struct BackupConfig {
     pub etcd: EtcdConfig,
@@ -46,6 +55,7 @@ pub struct BackupConfig {
     pub spool_dir: PathBuf,
     pub compression: Compression,
     pub progress_interval: Duration,
+    pub verify_upload: VerifyUpload,
 }
 
 impl BackupConfig {
@@ -89,7 +99,20 @@ impl BackupConfig {
                 spool_dir.display()
             )));
         }
+        let verify_upload = match env
+            .choice("LIFEBOAT_VERIFY_UPLOAD", "size", &["size", "full"])?
+            .as_str()
+        {
+            "full" => VerifyUpload::Full,
+            _ => VerifyUpload::Size,
+        };
+        if verify_upload == VerifyUpload::Full && matches!(store.location, Location::Presigned(_)) {
+            return Err(Error::Config(
+                "LIFEBOAT_VERIFY_UPLOAD=full needs to download the object again, which a presigned PUT URL cannot do (it is signed for PUT only); use the default `size` with a presigned URL, or LIFEBOAT_STORE=s3://bucket/prefix".into(),
+            ));
+        }
         Ok(BackupConfig {
+            verify_upload,
             etcd: EtcdConfig::from_env(env)?,
             store,
             cluster_name,
@@ -177,6 +200,25 @@ fn compress(
     Ok((w.len, w.hash.finalize().into()))
 }
 
+/// `LIFEBOAT_VERIFY_UPLOAD=full`: the object read back (`got`: size, sha256) must be what was
+/// uploaded, i.e. what the manifest will record.
+pub fn check_read_back(
+    key: &str,
+    size: u64,
+    sha256: &[u8; 32],
+    got: (u64, [u8; 32]),
+) -> Result<()> {
+    if got == (size, *sha256) {
+        return Ok(());
+    }
+    Err(Error::Store(format!(
+        "read-back of {key} (LIFEBOAT_VERIFY_UPLOAD=full): the store returned {} bytes with sha256 {}, but {size} bytes with sha256 {} were uploaded; the store damaged the object (it was deleted; check the store's health and run the backup again)",
+        got.0,
+        hex::encode(got.1),
+        hex::encode(sha256)
+    )))
+}
+
 /// Wait for a worker thread without blocking the runtime.
 async fn join<T: Send + 'static>(h: std::thread::JoinHandle<Result<T>>) -> Result<T> {
     tokio::task::spawn_blocking(move || h.join())
@@ -194,6 +236,9 @@ pub async fn run(cfg: &BackupConfig, clock: &(dyn Fn() -> SystemTime + Sync)) ->
     )?;
     let store = Store::open(&cfg.store).await?;
     let caps = store.capabilities();
+    // An already expired presigned URL: refuse before anything is uploaded that could not be
+    // completed (a PUT URL cannot delete what it wrote).
+    store.check_expiry(Duration::from_secs(600))?;
     let _store_lock = match &cfg.store.location {
         Location::Local(dir) => {
             crate::fsutil::create_dir_private(&dir.join(&cfg.cluster_name))?;
@@ -207,6 +252,7 @@ pub async fn run(cfg: &BackupConfig, clock: &(dyn Fn() -> SystemTime + Sync)) ->
     let pre = etcd::preflight(&cfg.etcd).await?;
     let chosen = pre.chosen.clone();
     let preflight_time = t0.elapsed();
+    crate::testhook::pause_async("LIFEBOAT_TEST_PAUSE_AFTER_PREFLIGHT").await;
 
     let factor = if cfg.compression == Compression::None {
         1.0
@@ -437,6 +483,20 @@ pub async fn run(cfg: &BackupConfig, clock: &(dyn Fn() -> SystemTime + Sync)) ->
             "read-back of {object_key} failed: expected {stored_size} bytes, store reports {stored:?}"
         )));
     }
+    if cfg.verify_upload == VerifyUpload::Full {
+        let t = Instant::now();
+        let back = store.hash_object(&object_key).await;
+        let checked =
+            back.and_then(|got| check_read_back(&object_key, stored_size, &stored_sha, got));
+        if let Err(e) = checked {
+            let _ = store.delete(&object_key).await;
+            return Err(e);
+        }
+        tracing::info!(
+            ms = manifest::ms(t.elapsed()),
+            "read-back: object downloaded again, sha256 matches"
+        );
+    }
     let upload_time = t_upload.elapsed();
 
     let m = Manifest {
@@ -479,7 +539,14 @@ pub async fn run(cfg: &BackupConfig, clock: &(dyn Fn() -> SystemTime + Sync)) ->
     let manifest_key = format!("{dir}/{}", manifest::MANIFEST_NAME);
     if caps.manifest {
         if let Err(e) = store.put_bytes(&manifest_key, &m.to_json()).await {
-            let _ = store.delete(&object_key).await;
+            if caps.delete {
+                let _ = store.delete(&object_key).await;
+            } else {
+                tracing::warn!(
+                    "the snapshot was uploaded to {} (complete and verified) but its manifest was not; a presigned PUT URL cannot delete it: delete it with the tool that presigned it, or run again with new URLs (it is overwritten)",
+                    store.describe()
+                );
+            }
             return Err(e);
         }
     } else {
@@ -540,5 +607,41 @@ mod tests {
             .compression,
             Compression::Zstd(1)
         );
+    }
+
+    #[test]
+    fn verify_upload_full_is_refused_for_presigned_urls() {
+        assert_eq!(cfg(&[]).verify_upload, VerifyUpload::Size);
+        assert_eq!(
+            cfg(&[("LIFEBOAT_VERIFY_UPLOAD", "FULL")]).verify_upload,
+            VerifyUpload::Full
+        );
+        let env = Env::from_pairs([
+            ("LIFEBOAT_STORE", "https://h/b/snap.db?X-Amz-Signature=abc"),
+            ("LIFEBOAT_VERIFY_UPLOAD", "full"),
+        ]);
+        let e = BackupConfig::from_env(&env).unwrap_err().to_string();
+        assert!(
+            e.contains("LIFEBOAT_VERIFY_UPLOAD=full") && e.contains("presigned"),
+            "{e}"
+        );
+        let env = Env::from_pairs([("LIFEBOAT_VERIFY_UPLOAD", "paranoid")]);
+        let e = BackupConfig::from_env(&env).unwrap_err().to_string();
+        assert!(e.contains("LIFEBOAT_VERIFY_UPLOAD"), "{e}");
+    }
+
+    #[test]
+    fn read_back_compares_size_and_digest() {
+        let sha: [u8; 32] = Sha256::digest(b"object").into();
+        check_read_back("k", 6, &sha, (6, sha)).unwrap();
+        let other: [u8; 32] = Sha256::digest(b"objecT").into();
+        let e = check_read_back("c/id/snapshot.db.zst", 6, &sha, (6, other))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("c/id/snapshot.db.zst") && e.contains(&hex::encode(other)),
+            "{e}"
+        );
+        assert!(check_read_back("k", 6, &sha, (5, sha)).is_err());
     }
 }

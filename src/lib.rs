@@ -11,6 +11,9 @@
 //! `restore/cluster.rs`) → build `db` (`snapshot/write.rs`), WAL (`restore/wal.rs`) and `.snap`
 //! (`restore/snapfile.rs`) in a staging dir → fsync → move the old dir aside → rename into place.
 //!
+//! After backup, restore and verify, `notify.rs` tells a Pushgateway and/or a webhook how the run
+//! went (never changing its outcome).
+//!
 //! `main.rs` only parses the command, sets up logging, calls `run::run` and maps errors to exit codes.
 
 pub mod backup;
@@ -23,6 +26,7 @@ pub mod fsutil;
 pub mod lock;
 pub mod logging;
 pub mod manifest;
+pub mod notify;
 pub mod restore;
 pub mod retention;
 pub mod run;
@@ -30,3 +34,4 @@ pub mod shutdown;
 pub mod snapshot;
 pub mod spool;
 pub mod store;
+pub mod testhook;

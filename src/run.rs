@@ -5,12 +5,13 @@
 use std::future::Future;
 use std::io::Write;
 use std::path::Path;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::catalog::{self, Catalog};
 use crate::cli::{Command, WriteOut};
 use crate::config::Env;
 use crate::error::{Error, Result};
+use crate::notify::{NotifyConfig, Report};
 use crate::retention::Policy;
 use crate::snapshot::status::{self, Compat, TableStyle};
 use crate::snapshot::{self, Trailer};
@@ -49,34 +50,29 @@ pub fn run(cmd: Command, env: &Env) -> Result<()> {
             status_cmd(Path::new(&file), write_out, compat, style)
         }
         Command::Backup => {
-            let cfg = crate::backup::BackupConfig::from_env(env)?;
-            let policy = Policy::from_env(env)?;
-            let dry_run = env.bool("LIFEBOAT_DRY_RUN", false)?;
-            let m = with_runtime(async {
-                let m = crate::backup::run(&cfg, &SystemTime::now).await?;
-                // Retention after a successful backup: failures are logged, never fatal.
-                if !policy.is_empty() {
-                    let res = async {
-                        let store = crate::store::Store::open(&cfg.store).await?;
-                        let cat = catalog::load(&store, &cfg.cluster_name).await?;
-                        let plan = catalog::plan_prune(&cat, &policy, SystemTime::now());
-                        catalog::prune(&store, &cfg.cluster_name, &cat, &plan, dry_run).await
-                    };
-                    match res.await {
-                        Ok(n) => tracing::info!(deleted = n, dry_run, "retention applied"),
-                        Err(e) => {
-                            tracing::error!(error = %crate::error::chain(&e), "retention failed (the backup itself succeeded)")
-                        }
-                    }
-                }
-                Ok(m)
-            })?;
-            println!("{}", m.backup_id);
+            let notify = NotifyConfig::from_env(env)?;
+            let started = Instant::now();
+            let res = backup_cmd(env);
+            let mut report = Report::new("backup", &cluster_name(env), started, &res);
+            if let Ok(m) = &res {
+                report.backup_id = Some(m.backup_id.clone());
+                report.revision = Some(m.revision);
+                report.size_bytes = Some(m.stored_size);
+            }
+            notify_now(&notify, &report);
+            println!("{}", res?.backup_id);
             Ok(())
         }
         Command::Restore => {
-            let cfg = crate::restore::job::RestoreConfig::from_env(env)?;
-            with_runtime(crate::restore::job::run(&cfg, SystemTime::now())).map(|_| ())
+            let notify = NotifyConfig::from_env(env)?;
+            let started = Instant::now();
+            let res = crate::restore::job::RestoreConfig::from_env(env)
+                .and_then(|cfg| with_runtime(crate::restore::job::run(&cfg, SystemTime::now())));
+            notify_now(
+                &notify,
+                &Report::new("restore", &cluster_name(env), started, &res),
+            );
+            res.map(|_| ())
         }
         Command::List { write_out } => {
             let (sc, cluster) = open_store(env)?;
@@ -88,38 +84,17 @@ pub fn run(cmd: Command, env: &Env) -> Result<()> {
             Ok(())
         }
         Command::Verify { id } => {
-            let (sc, cluster) = open_store(env)?;
-            let spool = spool_dir(env)?;
-            with_runtime(async {
-                let store = Store::open(&sc).await?;
-                let cat = catalog::load(&store, &cluster).await?;
-                let m = catalog::select(&cat, id.as_deref())?;
-                tracing::info!(backup = %m.backup_id, object = %m.object_key, "verifying");
-                let (file, report) = catalog::verify(&store, m, &spool).await?;
-                // The restore drill: rebuild a throw-away member dir from it and read it back.
-                let scratch = crate::fsutil::RemoveOnDrop::new(
-                    spool.join(format!("etcd-lifeboat-drill-{}", std::process::id())),
-                );
-                let (snap, dir, rev) = (
-                    file.path().to_path_buf(),
-                    scratch.path().to_path_buf(),
-                    report.status.revision,
-                );
-                let keys = tokio::task::spawn_blocking(move || {
-                    crate::restore::job::drill(&snap, rev, &dir)
-                })
-                .await
-                .map_err(|e| Error::Internal(format!("worker thread failed: {e}")))??;
-                tracing::info!(keys, "restore drill: member dir rebuilt and read back");
-                println!(
-                    "{}: OK (sha256 of stored object and database match the manifest; trailer verified: {}; bbolt integrity OK; revision {}, {} keys; restore drill OK)",
-                    m.backup_id,
-                    report.trailer == Trailer::Verified,
-                    report.status.revision,
-                    report.status.total_key
-                );
-                Ok(())
-            })
+            let notify = NotifyConfig::from_env(env)?;
+            let started = Instant::now();
+            let res = verify_cmd(env, id.as_deref());
+            let mut report = Report::new("verify", &cluster_name(env), started, &res);
+            if let Ok(m) = &res {
+                report.backup_id = Some(m.backup_id.clone());
+                report.revision = Some(m.revision);
+                report.size_bytes = Some(m.stored_size);
+            }
+            notify_now(&notify, &report);
+            res.map(|_| ())
         }
         Command::Fetch { id, dest } => {
             let (sc, cluster) = open_store(env)?;
@@ -178,6 +153,85 @@ pub fn run(cmd: Command, env: &Env) -> Result<()> {
             })
         }
     }
+}
+
+/// `backup` with retention after it; the manifest of the new backup.
+fn backup_cmd(env: &Env) -> Result<crate::manifest::Manifest> {
+    let cfg = crate::backup::BackupConfig::from_env(env)?;
+    let policy = Policy::from_env(env)?;
+    let dry_run = env.bool("LIFEBOAT_DRY_RUN", false)?;
+    with_runtime(async {
+        let m = crate::backup::run(&cfg, &SystemTime::now).await?;
+        // Retention after a successful backup: failures are logged, never fatal.
+        if !policy.is_empty() {
+            let res = async {
+                let store = crate::store::Store::open(&cfg.store).await?;
+                let cat = catalog::load(&store, &cfg.cluster_name).await?;
+                let plan = catalog::plan_prune(&cat, &policy, SystemTime::now());
+                catalog::prune(&store, &cfg.cluster_name, &cat, &plan, dry_run).await
+            };
+            match res.await {
+                Ok(n) => tracing::info!(deleted = n, dry_run, "retention applied"),
+                Err(e) => {
+                    tracing::error!(error = %crate::error::chain(&e), "retention failed (the backup itself succeeded)")
+                }
+            }
+        }
+        Ok(m)
+    })
+}
+
+/// `verify [ID]`: download, check and rebuild a throw-away member from one backup; its manifest.
+fn verify_cmd(env: &Env, id: Option<&str>) -> Result<crate::manifest::Manifest> {
+    let (sc, cluster) = open_store(env)?;
+    let spool = spool_dir(env)?;
+    with_runtime(async {
+        let store = Store::open(&sc).await?;
+        let cat = catalog::load(&store, &cluster).await?;
+        let m = catalog::select(&cat, id)?;
+        tracing::info!(backup = %m.backup_id, object = %m.object_key, "verifying");
+        let (file, report) = catalog::verify(&store, m, &spool).await?;
+        // The restore drill: rebuild a throw-away member dir from it and read it back.
+        let scratch = crate::fsutil::RemoveOnDrop::new(
+            spool.join(format!("etcd-lifeboat-drill-{}", std::process::id())),
+        );
+        let (snap, dir, rev) = (
+            file.path().to_path_buf(),
+            scratch.path().to_path_buf(),
+            report.status.revision,
+        );
+        let keys =
+            tokio::task::spawn_blocking(move || crate::restore::job::drill(&snap, rev, &dir))
+                .await
+                .map_err(|e| Error::Internal(format!("worker thread failed: {e}")))??;
+        tracing::info!(keys, "restore drill: member dir rebuilt and read back");
+        println!(
+            "{}: OK (sha256 of stored object and database match the manifest; trailer verified: {}; bbolt integrity OK; revision {}, {} keys; restore drill OK)",
+            m.backup_id,
+            report.trailer == Trailer::Verified,
+            report.status.revision,
+            report.status.total_key
+        );
+        Ok(m.clone())
+    })
+}
+
+/// The cluster name for notifications (validated where it matters, by the command itself).
+fn cluster_name(env: &Env) -> String {
+    env.get("LIFEBOAT_CLUSTER_NAME")
+        .unwrap_or("default")
+        .to_string()
+}
+
+/// Send `report` (bounded by LIFEBOAT_NOTIFY_TIMEOUT; a second signal cuts it short). Never fails.
+fn notify_now(cfg: &NotifyConfig, report: &Report) {
+    if cfg.is_empty() {
+        return;
+    }
+    let _ = with_runtime(async {
+        crate::notify::send(cfg, report).await;
+        Ok(())
+    });
 }
 
 /// `status FILE`: stdout is byte-identical to `etcdutl snapshot status`; our verdicts go to stderr.

@@ -575,3 +575,152 @@ fn second_concurrent_backup_is_refused() {
     assert_failed(&out, 8, &["another etcd-lifeboat run"]);
     drop(lock);
 }
+
+/// A member on a data dir and ports of our own, so that it can be stopped and started again
+/// exactly as it was (a restart, as a static pod or systemd would do it).
+struct Restartable {
+    opts: EtcdOpts,
+    etcd: Etcd,
+    _dir: tempfile::TempDir,
+}
+
+impl Restartable {
+    fn start(tls: &Tls) -> Restartable {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = EtcdOpts {
+            data_dir: Some(dir.path().join("etcd-data")),
+            client_port: Some(alloc_port()),
+            peer_port: Some(alloc_port()),
+            ..Default::default()
+        };
+        let etcd = Etcd::start(Version::V3_5_30, tls, opts.clone());
+        Restartable {
+            opts,
+            etcd,
+            _dir: dir,
+        }
+    }
+}
+
+/// Start a backup that pauses after its preflight (debug-build pause point), wait for the pause,
+/// run `in_the_window`, release it, and return its output.
+fn backup_with_pause_after_preflight(
+    cmd: &mut Command,
+    gate_dir: &Path,
+    in_the_window: impl FnOnce(),
+) -> Output {
+    let gate = gate_dir.join("gate");
+    let mut child = cmd
+        .env("LIFEBOAT_TEST_PAUSE_AFTER_PREFLIGHT", &gate)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !gate_dir.join("gate.paused").exists() {
+        if let Ok(Some(st)) = child.try_wait() {
+            panic!("backup ended ({st}) before its preflight finished");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "backup never finished its preflight"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    in_the_window();
+    std::fs::write(&gate, b"").unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn etcd_restarted_between_preflight_and_snapshot_gives_a_sound_backup() {
+    let tls = Tls::temp();
+    let mut m = Restartable::start(&tls);
+    runtime().block_on(async { populate(&m.etcd.client().await, &Sample::tiny()).await });
+    let dir = tempfile::tempdir().unwrap();
+    let (store, spool, gates) = (
+        dir.path().join("store"),
+        dir.path().join("spool"),
+        dir.path().join("gates"),
+    );
+    std::fs::create_dir_all(&spool).unwrap();
+    std::fs::create_dir_all(&gates).unwrap();
+    let before_kvs = m.etcd.etcdctl_ok(&["get", "", "--prefix", "-w", "json"]);
+    let mut cmd = backup_cmd(&m.etcd, &tls, &store, &spool);
+    cmd.env("LIFEBOAT_COMPRESSION", "none");
+    let out = backup_with_pause_after_preflight(&mut cmd, &gates, || {
+        let old_pid = m.etcd.pid();
+        m.etcd.stop();
+        m.etcd = Etcd::start(Version::V3_5_30, &tls, m.opts.clone());
+        assert_ne!(m.etcd.pid(), old_pid);
+    });
+    // The snapshot stream opens its own connection after the preflight: a member that is back
+    // (same data, same ports) serves it, and the backup is complete and sound.
+    assert!(out.status.success(), "{}", describe(&out));
+    let id = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let man = manifest(&store, &id);
+    let saved = dir.path().join("saved.db");
+    save_snapshot(&m.etcd, &saved);
+    assert_same_snapshot(
+        &m.etcd,
+        &store.join("test").join(&id).join("snapshot.db"),
+        &saved,
+    );
+    let status: serde_json::Value =
+        serde_json::from_str(&oracle_status(Version::V3_5_30, &saved, "json")).unwrap();
+    assert_eq!(man["revision"], status["revision"]);
+    assert_eq!(
+        m.etcd
+            .etcdctl_ok(&["get", "", "--prefix", "-w", "json"])
+            .split("\"kvs\"")
+            .nth(1),
+        before_kvs.split("\"kvs\"").nth(1),
+        "the restarted member serves the same keys"
+    );
+    let out = lifeboat()
+        .args(["verify", &id])
+        .env("LIFEBOAT_STORE", format!("file://{}", store.display()))
+        .env("LIFEBOAT_CLUSTER_NAME", "test")
+        .env("LIFEBOAT_SPOOL_DIR", &spool)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(files(&spool), Vec::<String>::new(), "spool not cleaned up");
+}
+
+#[test]
+fn etcd_stopped_between_preflight_and_snapshot_exits_3_and_leaves_nothing() {
+    let tls = Tls::temp();
+    let mut m = Restartable::start(&tls);
+    runtime().block_on(async { populate(&m.etcd.client().await, &Sample::tiny()).await });
+    let dir = tempfile::tempdir().unwrap();
+    let (store, spool, gates) = (
+        dir.path().join("store"),
+        dir.path().join("spool"),
+        dir.path().join("gates"),
+    );
+    std::fs::create_dir_all(&spool).unwrap();
+    std::fs::create_dir_all(&gates).unwrap();
+    // An earlier good backup: the store listing must stay exactly this.
+    let out = backup_cmd(&m.etcd, &tls, &store, &spool).output().unwrap();
+    assert!(out.status.success(), "{}", describe(&out));
+    let listed = files(&store);
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    let endpoint = m.etcd.client_url().to_string();
+    let out = backup_with_pause_after_preflight(
+        &mut backup_cmd(&m.etcd, &tls, &store, &spool),
+        &gates,
+        || m.etcd.stop(),
+    );
+    assert_failed(&out, 3, &[&endpoint, "not reachable"]);
+    assert_eq!(files(&store), listed, "the store listing changed");
+    assert_eq!(files(&spool), Vec::<String>::new(), "spool not cleaned up");
+    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+    // And the member's data is untouched by all this: it starts again and serves its keys.
+    m.etcd = Etcd::start(Version::V3_5_30, &tls, m.opts.clone());
+    assert!(!m
+        .etcd
+        .etcdctl_ok(&["get", "", "--prefix", "--keys-only"])
+        .trim()
+        .is_empty());
+}

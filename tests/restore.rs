@@ -1592,3 +1592,515 @@ fn running_member_never_restored_is_refused_at_once() {
     assert!(etcd.is_running());
     etcd.stop();
 }
+
+// ---------------------------------------------------------------------------------------------
+// 7. A separate WAL dir (LIFEBOAT_WAL_DIR, etcdutl --wal-dir)
+// ---------------------------------------------------------------------------------------------
+
+/// Files (and dirs) directly under `dir`, sorted.
+fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// A restored WAL dir as etcdutl leaves it: 0700, exactly one 0600 segment of 64,000,000 bytes.
+fn check_wal_dir_layout(wal: &Path) {
+    assert_eq!(names(wal), vec![WAL_NAME.to_string()], "{}", wal.display());
+    assert_eq!(fs::metadata(wal).unwrap().mode() & 0o777, 0o700);
+    let m = fs::metadata(wal.join(WAL_NAME)).unwrap();
+    assert_eq!((m.mode() & 0o777, m.len()), (0o600, WAL_SIZE));
+}
+
+#[test]
+fn wal_dir_byte_identical_to_etcdutl_wal_dir() {
+    let v = Version::V3_5_30;
+    let src = source(v);
+    let tmp = tempfile::tempdir().unwrap();
+    let peers = peers(3, "https", 12380);
+    let a = Args {
+        bump: Some(BUMP),
+        ..Args::cluster("m1", &peers, "wal-dir-token")
+    };
+    let (ours_data, ours_wal) = (
+        tmp.path().join("ours/data"),
+        tmp.path().join("ours/waldisk/wal"),
+    );
+    let (their_data, their_wal) = (
+        tmp.path().join("theirs/data"),
+        tmp.path().join("theirs/waldisk/wal"),
+    );
+    let out = ours_cmd(&src.snap, &ours_data, &a)
+        .env("LIFEBOAT_WAL_DIR", &ours_wal)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", describe(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&format!("--wal-dir {}", ours_wal.display())),
+        "{stdout}"
+    );
+    let mut cmd = v.snapshot_tool();
+    cmd.args(["snapshot", "restore"])
+        .arg(&src.snap)
+        .arg(format!("--data-dir={}", their_data.display()))
+        .arg(format!("--wal-dir={}", their_wal.display()))
+        .arg(format!("--name={}", a.name))
+        .arg(format!("--initial-cluster={}", a.initial_cluster))
+        .arg(format!("--initial-cluster-token={}", a.token))
+        .arg(format!("--initial-advertise-peer-urls={}", a.peer_urls))
+        .arg(format!("--bump-revision={BUMP}"))
+        .arg("--mark-compacted");
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "etcdutl: {}", describe(&out));
+
+    // Same layout as etcdutl: no member/wal in the data dir, the WAL directly in the WAL dir,
+    // nothing else left next to the WAL dir (no staging).
+    assert_eq!(names(&ours_data.join("member")), vec!["snap"]);
+    assert_eq!(names(&their_data.join("member")), vec!["snap"]);
+    check_wal_dir_layout(&ours_wal);
+    check_wal_dir_layout(&their_wal);
+    assert_eq!(names(&tmp.path().join("ours/waldisk")), vec!["wal"]);
+    let (ow, tw) = (
+        fs::read(ours_wal.join(WAL_NAME)).unwrap(),
+        fs::read(their_wal.join(WAL_NAME)).unwrap(),
+    );
+    if let Some(at) = first_difference(&ow, &tw) {
+        panic!("WAL in the WAL dir differs from etcdutl --wal-dir at byte {at}");
+    }
+    let marker: Value = serde_json::from_str(
+        &fs::read_to_string(ours_data.join(".lifeboat-restore.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(marker["wal_dir"].as_str(), ours_wal.to_str());
+    // Everything else (.snap bytes, database, modes) as in the default layout: put each WAL dir
+    // where the default layout has it and compare the whole restores.
+    for (data, wal) in [(&ours_data, &ours_wal), (&their_data, &their_wal)] {
+        fs::rename(wal, data.join("member/wal")).unwrap();
+    }
+    compare_restores(&ours_data, &their_data, &a, false, "--wal-dir");
+}
+
+#[test]
+fn wal_dir_live_etcd_starts_with_wal_dir_and_old_wal_is_moved_aside() {
+    let src = source(Version::V3_5_30);
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let wal = tmp.path().join("waldisk/wal");
+    let port = alloc_port();
+    let a = one_member(port);
+    let run = |a: &Args| {
+        let out = ours_cmd(&src.snap, &data, a)
+            .env("LIFEBOAT_WAL_DIR", &wal)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", describe(&out));
+        out
+    };
+    let start = |a: &Args| {
+        Etcd::start(
+            Version::V3_5_30,
+            tls(),
+            EtcdOpts {
+                name: Some(a.name.clone()),
+                initial_cluster: Some(a.initial_cluster.clone()),
+                initial_cluster_token: Some(a.token.clone()),
+                data_dir: Some(data.clone()),
+                peer_port: Some(port),
+                extra_args: vec![format!("--wal-dir={}", wal.display())],
+                ..Default::default()
+            },
+        )
+    };
+    run(&a);
+    check_wal_dir_layout(&wal);
+    assert!(!data.join("member/wal").exists());
+    let mut etcd = start(&a);
+    assert!(
+        get_kvs(&etcd) == src.kvs,
+        "kvs served from the WAL-dir restore"
+    );
+    etcd.etcdctl_ok(&["put", "/after/wal-dir", "x"]);
+    assert!(mod_revision(&etcd, "/after/wal-dir") > src.rev + BUMP as i64);
+    etcd.stop();
+    assert_clean_log(&etcd);
+    // etcd wrote to the WAL dir, not to <data-dir>/member/wal.
+    assert!(!data.join("member/wal").exists());
+    assert!(names(&wal).iter().any(|n| n.ends_with(".wal")));
+
+    // A retried Job: no-op.
+    let before = (tree(&data), tree(&wal));
+    run(&a);
+    assert!(
+        (tree(&data), tree(&wal)) == before,
+        "retry changed something"
+    );
+
+    // Another restore: the WAL dir etcd used is moved aside intact, next to the new one.
+    let old_wal = tree(&wal);
+    let mut other = a.clone();
+    other.token = "another-token".into();
+    let out = run(&other);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("plan: existing WAL:"), "{stdout}");
+    let asides: Vec<String> = names(&tmp.path().join("waldisk"))
+        .into_iter()
+        .filter(|n| n.starts_with("wal.pre-restore-"))
+        .collect();
+    assert_eq!(asides.len(), 1, "{asides:?}");
+    let aside = tmp.path().join("waldisk").join(&asides[0]);
+    assert!(tree(&aside) == old_wal, "moved-aside WAL differs");
+    check_wal_dir_layout(&wal);
+    let marker: Value =
+        serde_json::from_str(&fs::read_to_string(data.join(".lifeboat-restore.json")).unwrap())
+            .unwrap();
+    assert_eq!(marker["wal_moved_aside"].as_str(), aside.to_str());
+    let etcd = start(&other);
+    assert!(get_kvs(&etcd) == src.kvs);
+    let list: Value =
+        serde_json::from_str(&etcd.etcdctl_ok(&["member", "list", "-w", "json"])).unwrap();
+    let id = list["members"][0]["ID"].as_u64().unwrap();
+    assert_eq!(format!("{id:x}"), marker["member_id"].as_str().unwrap());
+    assert_clean_log(&etcd);
+}
+
+#[test]
+fn wal_dir_refused_inside_member_on_a_mount_point_or_a_full_volume() {
+    let src = source(Version::V3_5_30);
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    copy_dir(&src.member, &data.join("member"));
+    let before = tree(&data);
+    let a = one_member(alloc_port());
+    let out = ours_cmd(&src.snap, &data, &a)
+        .env("LIFEBOAT_WAL_DIR", data.join("member/other-wal"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(EXIT_CONFIG), "{}", describe(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("inside <data-dir>/member"));
+    assert!(tree(&data) == before);
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED (mount point part): not root");
+        return;
+    }
+    let wal = tmp.path().join("walvol");
+    fs::create_dir_all(&wal).unwrap();
+    let st = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=80m", "tmpfs"])
+        .arg(&wal)
+        .status();
+    if !matches!(st, Ok(s) if s.success()) {
+        eprintln!("SKIPPED (mount point part): cannot mount tmpfs ({st:?})");
+        return;
+    }
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _u = Unmount(wal.clone());
+    fs::write(wal.join("old.wal"), b"old").unwrap();
+    let out = ours_cmd(&src.snap, &data, &a)
+        .env("LIFEBOAT_WAL_DIR", &wal)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(EXIT_RESTORE), "{}", describe(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("is a mount point") && err.contains("nothing was changed"),
+        "{}",
+        describe(&out)
+    );
+    assert!(tree(&data) == before);
+    assert_eq!(names(&wal), vec!["old.wal"]);
+    // A subdirectory of the volume works, on another filesystem than the data dir.
+    let sub = wal.join("wal");
+    let out = ours_cmd(&src.snap, &data, &a)
+        .env("LIFEBOAT_WAL_DIR", &sub)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", describe(&out));
+    check_wal_dir_layout(&sub);
+    assert_eq!(names(&wal), vec!["old.wal", "wal"]);
+
+    // Disk full on the WAL volume: refused before anything moves.
+    let small = tmp.path().join("smallvol");
+    fs::create_dir_all(&small).unwrap();
+    let st = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=8m", "tmpfs"])
+        .arg(&small)
+        .status();
+    assert!(matches!(st, Ok(s) if s.success()), "{st:?}");
+    let _u2 = Unmount(small.clone());
+    let before = (tree(&data), tree(&wal));
+    let mut other = a.clone();
+    other.token = "other".into();
+    let out = ours_cmd(&src.snap, &data, &other)
+        .env("LIFEBOAT_WAL_DIR", small.join("wal"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(EXIT_RESTORE), "{}", describe(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("LIFEBOAT_WAL_DIR's parent")
+            && err.contains("free")
+            && err.contains("nothing was changed"),
+        "{}",
+        describe(&out)
+    );
+    assert!((tree(&data), tree(&wal)) == before);
+    assert_eq!(names(&small), Vec::<String>::new());
+}
+
+// ---------------------------------------------------------------------------------------------
+// 8. SIGTERM (Job deadline, node drain) during a restore
+// ---------------------------------------------------------------------------------------------
+
+fn sigterm(child: &std::process::Child) {
+    // SAFETY: kill(2) on our own child, not yet reaped.
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+    }
+}
+
+/// The entries of `t` under `prefix/`, re-rooted.
+fn subtree(t: &Tree, prefix: &str) -> Tree {
+    t.iter()
+        .filter_map(|(k, v)| {
+            k.strip_prefix(&format!("{prefix}/"))
+                .map(|r| (r.to_string(), v.clone()))
+        })
+        .collect()
+}
+
+/// A complete restored member as our restore writes it (default layout or with a WAL dir).
+fn is_complete_new_member(member: &Tree, wal_inside: bool) -> bool {
+    let snap = "snap/0000000000000001-0000000000000001.snap";
+    let wal_ok = member
+        .get(&format!("wal/{WAL_NAME}"))
+        .is_some_and(|w| w.1 == WAL_SIZE);
+    member.contains_key("snap/db") && member.contains_key(snap) && wal_ok == wal_inside
+}
+
+fn wait_for(path: &Path, child: &mut std::process::Child, what: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !path.exists() {
+        if let Ok(Some(st)) = child.try_wait() {
+            panic!("{what}: the restore ended ({st}) before reaching the pause point");
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: no pause point"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn sigterm_during_swap_finishes_the_swap_then_etcd_starts() {
+    let src = source(Version::V3_5_30);
+    for with_wal in [false, true] {
+        let what = if with_wal {
+            "with LIFEBOAT_WAL_DIR"
+        } else {
+            "default layout"
+        };
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().join("data");
+        let wal = tmp.path().join("waldisk/wal");
+        copy_dir(&src.member, &data.join("member"));
+        if with_wal {
+            copy_dir(&src.member.join("wal"), &wal);
+        }
+        let old = tree(&data.join("member"));
+        let old_wal = with_wal.then(|| tree(&wal));
+        let port = alloc_port();
+        let a = one_member(port);
+        let gate = tmp.path().join("gate");
+        let mut cmd = ours_cmd(&src.snap, &data, &a);
+        cmd.env("LIFEBOAT_TEST_PAUSE_IN_SWAP", &gate)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        if with_wal {
+            cmd.env("LIFEBOAT_WAL_DIR", &wal);
+        }
+        let mut child = cmd.spawn().unwrap();
+        wait_for(&tmp.path().join("gate.paused"), &mut child, what);
+        // Inside the window: the old member (and WAL dir) moved aside, the new ones not yet in.
+        let t = tree(&data);
+        let aside: Vec<String> = names(&data)
+            .into_iter()
+            .filter(|n| n.starts_with("member.pre-restore-"))
+            .collect();
+        assert_eq!(aside.len(), 1, "{what}");
+        assert!(subtree(&t, &aside[0]) == old, "{what}: old member aside");
+        assert!(!data.join("member").exists(), "{what}");
+        sigterm(&child);
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        assert!(
+            matches!(child.try_wait(), Ok(None)),
+            "{what}: SIGTERM interrupted the swap"
+        );
+        fs::write(&gate, b"").unwrap();
+        let out = child.wait_with_output().unwrap();
+        // The swap is a critical section: the run completes, with the new member in place.
+        assert_eq!(out.status.code(), Some(0), "{what}: {}", describe(&out));
+        let t = tree(&data);
+        assert!(
+            is_complete_new_member(&subtree(&t, "member"), !with_wal),
+            "{what}: {:?}",
+            t.keys().collect::<Vec<_>>()
+        );
+        assert!(subtree(&t, &aside[0]) == old, "{what}: old member aside");
+        assert!(data.join(".lifeboat-restore.json").exists());
+        assert!(!data.join(".lifeboat-staging").exists());
+        if let Some(old_wal) = &old_wal {
+            check_wal_dir_layout(&wal);
+            let wal_aside: Vec<String> = names(&tmp.path().join("waldisk"))
+                .into_iter()
+                .filter(|n| n.starts_with("wal.pre-restore-"))
+                .collect();
+            assert_eq!(wal_aside.len(), 1, "{what}: {wal_aside:?}");
+            assert!(tree(&tmp.path().join("waldisk").join(&wal_aside[0])) == *old_wal);
+        }
+        // A retried Job is a no-op, and stock etcd starts on the result.
+        let before = tree(&data);
+        let mut retry = ours_cmd(&src.snap, &data, &a);
+        if with_wal {
+            retry.env("LIFEBOAT_WAL_DIR", &wal);
+        }
+        let out = retry.output().unwrap();
+        assert!(out.status.success(), "{what}: {}", describe(&out));
+        assert!(tree(&data) == before, "{what}: retry changed the data dir");
+        let mut extra_args = Vec::new();
+        if with_wal {
+            extra_args.push(format!("--wal-dir={}", wal.display()));
+        }
+        let etcd = Etcd::start(
+            Version::V3_5_30,
+            tls(),
+            EtcdOpts {
+                name: Some(a.name.clone()),
+                initial_cluster: Some(a.initial_cluster.clone()),
+                initial_cluster_token: Some(a.token.clone()),
+                data_dir: Some(data.clone()),
+                peer_port: Some(port),
+                extra_args,
+                ..Default::default()
+            },
+        );
+        assert!(get_kvs(&etcd) == src.kvs, "{what}");
+        assert_clean_log(&etcd);
+    }
+}
+
+#[test]
+fn sigterm_at_any_moment_leaves_old_or_new_member_and_a_retry_completes() {
+    use std::os::unix::process::ExitStatusExt;
+    let src = source(Version::V3_5_30);
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let waldisk = tmp.path().join("waldisk");
+    let wal = waldisk.join("wal");
+    copy_dir(&src.member, &data.join("member"));
+    copy_dir(&src.member.join("wal"), &wal);
+    let old = tree(&data.join("member"));
+    let old_wal = tree(&wal);
+    let port = alloc_port();
+    let a = one_member(port);
+    let cmd = || {
+        let mut c = ours_cmd(&src.snap, &data, &a);
+        c.env("LIFEBOAT_WAL_DIR", &wal);
+        c
+    };
+    let mut outcomes = Vec::new();
+    for delay_ms in (0..40u64).map(|i| 5 + i * 10) {
+        let child = cmd()
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        sigterm(&child);
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        let t = tree(&data);
+        let tw = tree(&waldisk);
+        let ctx = format!(
+            "after SIGTERM at {delay_ms} ms ({:?}): {:?} {:?}\n{err}",
+            out.status,
+            t.keys().collect::<Vec<_>>(),
+            tw.keys().collect::<Vec<_>>()
+        );
+        match (out.status.code(), out.status.signal()) {
+            // Interrupted: staging removed, old member and old WAL dir in place, untouched.
+            (Some(143), _) => {
+                assert!(err.contains("SIGTERM"), "{ctx}");
+                assert!(subtree(&t, "member") == old, "{ctx}");
+                assert!(subtree(&tw, "wal") == old_wal, "{ctx}");
+                assert!(!data.join(".lifeboat-staging").exists(), "{ctx}");
+                assert!(!waldisk.join(".wal.lifeboat-staging").exists(), "{ctx}");
+                assert_eq!(names(&data), vec!["member"], "{ctx}");
+                assert_eq!(names(&waldisk), vec!["wal"], "{ctx}");
+                outcomes.push(format!("{delay_ms}ms:143"));
+            }
+            // Signalled before the handler was installed (start-up): nothing was touched.
+            (None, Some(libc::SIGTERM)) => {
+                assert!(subtree(&t, "member") == old, "{ctx}");
+                assert!(subtree(&tw, "wal") == old_wal, "{ctx}");
+                outcomes.push(format!("{delay_ms}ms:killed-at-start"));
+            }
+            // Completed: the new member and WAL in place, the old ones moved aside intact.
+            (Some(0), _) => {
+                assert!(
+                    is_complete_new_member(&subtree(&t, "member"), false),
+                    "{ctx}"
+                );
+                check_wal_dir_layout(&wal);
+                let aside = names(&data)
+                    .into_iter()
+                    .find(|n| n.starts_with("member.pre-restore-"))
+                    .expect("member aside");
+                assert!(subtree(&t, &aside) == old, "{ctx}");
+                let wal_aside = names(&waldisk)
+                    .into_iter()
+                    .find(|n| n.starts_with("wal.pre-restore-"))
+                    .expect("WAL aside");
+                assert!(subtree(&tw, &wal_aside) == old_wal, "{ctx}");
+                assert!(data.join(".lifeboat-restore.json").exists(), "{ctx}");
+                outcomes.push(format!("{delay_ms}ms:0"));
+                break;
+            }
+            _ => panic!("unexpected exit: {ctx}"),
+        }
+    }
+    eprintln!("SIGTERM outcomes: {}", outcomes.join(" "));
+    assert!(
+        outcomes.iter().any(|o| o.ends_with(":143")),
+        "no SIGTERM hit the restore while it ran: {outcomes:?}"
+    );
+    // A retried Job completes (or is a no-op), and stock etcd starts on the result.
+    let out = cmd().output().unwrap();
+    assert!(out.status.success(), "{}", describe(&out));
+    let etcd = Etcd::start(
+        Version::V3_5_30,
+        tls(),
+        EtcdOpts {
+            name: Some(a.name.clone()),
+            initial_cluster: Some(a.initial_cluster.clone()),
+            initial_cluster_token: Some(a.token.clone()),
+            data_dir: Some(data.clone()),
+            peer_port: Some(port),
+            extra_args: vec![format!("--wal-dir={}", wal.display())],
+            ..Default::default()
+        },
+    );
+    assert!(get_kvs(&etcd) == src.kvs);
+    assert_clean_log(&etcd);
+}

@@ -11,7 +11,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -54,6 +54,12 @@ struct Faults {
     /// Hold AbortMultipartUpload requests for a second (a real store's latency), so that an abort
     /// nobody waits for is cut off by the runtime's shutdown.
     slow_aborts: AtomicBool,
+    /// Hold the next single PUT (not a part) this many milliseconds before serving it (its URL may
+    /// expire meanwhile: the signature is checked after the wait).
+    delay_put_ms: AtomicU64,
+    /// Flip one byte in the middle of every GetObject answer (not manifests): a store that damages
+    /// what it returns.
+    corrupt_gets: AtomicBool,
     /// UploadPart requests being served right now, and the most at once.
     parts_now: AtomicUsize,
     parts_max: AtomicUsize,
@@ -186,6 +192,11 @@ impl Server {
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .filter(|n| n.starts_with(".upload"))
             .collect()
+    }
+
+    /// Where s3s-fs keeps the object `key` (below the prefix).
+    fn object_file(&self, key: &str) -> PathBuf {
+        self.root.path().join(BUCKET).join(PREFIX).join(key)
     }
 
     /// Settings for an S3 store on this server; `extra` overrides.
@@ -348,6 +359,15 @@ async fn serve(
         .query()
         .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("partNumber=")))
         .map(str::to_string);
+    if req.method() == http::Method::PUT && !is_part {
+        let ms = f.delay_put_ms.swap(0, Ordering::SeqCst);
+        if ms > 0 {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
+    }
+    let corrupt = req.method() == http::Method::GET
+        && f.corrupt_gets.load(Ordering::SeqCst)
+        && !req.uri().path().ends_with("manifest.json");
     if is_part {
         let now = f.parts_now.fetch_add(1, Ordering::SeqCst) + 1;
         f.parts_max.fetch_max(now, Ordering::SeqCst);
@@ -359,7 +379,17 @@ async fn serve(
             f.log(format!("part {}", part_number.unwrap_or_default()));
         }
     }
-    resp.map_err(|e| format!("{e:?}").into())
+    let resp = resp.map_err(|e| format!("{e:?}"))?;
+    if corrupt && resp.status() == 200 {
+        let (parts, mut body) = resp.into_parts();
+        let mut bytes = body.store_all_limited(64 << 20).await?.to_vec();
+        let mid = bytes.len() / 2;
+        if let Some(b) = bytes.get_mut(mid) {
+            *b ^= 0x01;
+        }
+        return Ok(http::Response::from_parts(parts, s3s::Body::from(bytes)));
+    }
+    Ok(resp)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -375,6 +405,8 @@ trait Harness {
     /// A store to do `op` on `key` with.
     async fn store(&self, op: Op, key: &str) -> Arc<Store>;
     fn name(&self) -> &'static str;
+    /// The file that holds `key` behind the store's back (to damage it).
+    fn backing_file(&self, key: &str) -> PathBuf;
 }
 
 struct Local {
@@ -396,6 +428,9 @@ impl Local {
 impl Harness for Local {
     async fn store(&self, _: Op, _: &str) -> Arc<Store> {
         self.store.clone()
+    }
+    fn backing_file(&self, key: &str) -> PathBuf {
+        self._dir.path().join(key)
     }
     fn name(&self) -> &'static str {
         "local"
@@ -421,6 +456,9 @@ impl S3 {
 impl Harness for S3 {
     async fn store(&self, _: Op, _: &str) -> Arc<Store> {
         self.store.clone()
+    }
+    fn backing_file(&self, key: &str) -> PathBuf {
+        self._server.object_file(key)
     }
     fn name(&self) -> &'static str {
         "s3"
@@ -450,6 +488,9 @@ impl Harness for Presigned {
     }
     fn name(&self) -> &'static str {
         "presigned"
+    }
+    fn backing_file(&self, key: &str) -> PathBuf {
+        self.server.object_file(key)
     }
 }
 
@@ -678,6 +719,35 @@ async fn delete_removes(h: &impl Harness) {
     store.delete(key).await.unwrap(); // deleting a missing key is fine
 }
 
+/// `LIFEBOAT_VERIFY_UPLOAD=full` reads the object back through the store, hashing as it streams:
+/// the digest is the uploaded one, and a copy damaged in the store afterwards is caught.
+async fn hash_object_reads_back(h: &impl Harness) {
+    use sha2::Digest;
+    let tmp = tempfile::tempdir().unwrap();
+    let key = "c/20261122T043330Z-r7/snapshot.db.zst";
+    let bytes = data(PART + 4321, 77);
+    let sha: [u8; 32] = sha2::Sha256::digest(&bytes).into();
+    let src = write_tmp(tmp.path(), "src", &bytes);
+    h.store(Op::Put, key)
+        .await
+        .put_file(key, &src)
+        .await
+        .unwrap();
+    let got = h.store(Op::Get, key).await.hash_object(key).await.unwrap();
+    assert_eq!(got, (bytes.len() as u64, sha), "{}", h.name());
+    etcd_lifeboat::backup::check_read_back(key, bytes.len() as u64, &sha, got).unwrap();
+    // Damage the stored copy behind the store's back (same size: a HEAD cannot tell).
+    let file = h.backing_file(key);
+    let mut stored = std::fs::read(&file).unwrap();
+    stored[PART / 2] ^= 0x40;
+    std::fs::write(&file, stored).unwrap();
+    let got = h.store(Op::Get, key).await.hash_object(key).await.unwrap();
+    assert_eq!(got.0, bytes.len() as u64, "{}", h.name());
+    let e = etcd_lifeboat::backup::check_read_back(key, bytes.len() as u64, &sha, got).unwrap_err();
+    assert_eq!(e.exit_code(), 5, "{}", h.name());
+    assert!(e.to_string().contains("damaged"), "{}: {e}", h.name());
+}
+
 async fn bad_keys_are_refused(h: &impl Harness) {
     let store = h.store(Op::Put, "k").await;
     for bad in ["", "/abs", "a/../b", "a//b"] {
@@ -695,7 +765,7 @@ macro_rules! suite {
             use super::*;
             suite!(@t $make; put_file_round_trip, put_bytes_round_trip, head_present_and_absent,
                    overwrite_replaces, get_missing_is_a_clear_error, list_by_prefix, delete_removes,
-                   bad_keys_are_refused);
+                   bad_keys_are_refused, hash_object_reads_back);
         }
     };
     (@t $make:expr; $($t:ident),*) => {
@@ -1627,4 +1697,314 @@ fn run_restore(url: String, data: PathBuf, spool: PathBuf) -> std::process::Outp
         ])
         .output()
         .unwrap()
+}
+
+// ---------------------------------------------------------------------------------------------
+// End to end: read-back, early answers and URLs that expire during a real backup
+
+/// `etcd-lifeboat backup` from `etcd` (plain http) with `envs`, spooling into `spool`.
+async fn run_backup(
+    etcd: &Etcd,
+    spool: &Path,
+    envs: Vec<(&'static str, String)>,
+) -> std::process::Output {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_etcd-lifeboat"));
+    cmd.arg("backup")
+        .env_clear()
+        .env("LIFEBOAT_ETCD_ENDPOINTS", &etcd.endpoint)
+        .env("LIFEBOAT_SPOOL_DIR", spool)
+        .env("LIFEBOAT_CLUSTER_NAME", "c")
+        .envs(envs);
+    tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap()
+}
+
+fn s3_env(server: &Server) -> Vec<(&'static str, String)> {
+    vec![
+        ("LIFEBOAT_STORE", format!("s3://{BUCKET}/{PREFIX}")),
+        ("AWS_ENDPOINT_URL", server.endpoint()),
+        ("AWS_REGION", "us-east-1".into()),
+        ("AWS_ACCESS_KEY_ID", AK.into()),
+        ("AWS_SECRET_ACCESS_KEY", SK.into()),
+        ("LIFEBOAT_S3_PATH_STYLE", "true".into()),
+    ]
+}
+
+/// Files left in the spool (lock files aside).
+fn spool_left(spool: &Path) -> Vec<std::ffi::OsString> {
+    std::fs::read_dir(spool)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| !n.to_string_lossy().ends_with(".lock"))
+        .collect()
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    format!(
+        "exit {:?}: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// `LIFEBOAT_VERIFY_UPLOAD=full` downloads the object again and compares its sha256 with the
+/// manifest's: a store that returns damaged bytes (same size, so the default HEAD check passes)
+/// fails the backup with exit 5, and the damaged backup is removed before any manifest exists.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_upload_full_catches_a_store_that_damages_the_object() {
+    let etcd = start_etcd().await;
+    let mut c = etcd_client::Client::connect([etcd.endpoint.as_str()], None)
+        .await
+        .unwrap();
+    c.put("/registry/a", data(100_000, 1), None).await.unwrap();
+    let server = Server::start().await;
+    let spool = tempfile::tempdir().unwrap();
+    let mut env = s3_env(&server);
+    env.push(("LIFEBOAT_VERIFY_UPLOAD", "full".into()));
+    let out = run_backup(&etcd, spool.path(), env.clone()).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("sha256 matches"),
+        "{}",
+        stderr(&out)
+    );
+    let s3 = server.s3_store(&[]).await;
+    let first = s3.list("c/").await.unwrap();
+    assert_eq!(first.len(), 2, "{first:?}"); // object + manifest
+
+    // A new revision (so a new backup id), then a store that damages what it returns.
+    c.put("/registry/b", data(1000, 2), None).await.unwrap();
+    server.faults.corrupt_gets.store(true, Ordering::SeqCst);
+    // The default read-back (size only) cannot see it ...
+    let out = run_backup(&etcd, spool.path(), s3_env(&server)).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    c.put("/registry/c", data(1000, 3), None).await.unwrap();
+    let before = s3.list("c/").await.unwrap();
+    // ... `full` does.
+    let out = run_backup(&etcd, spool.path(), env).await;
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(5), "{err}");
+    assert!(
+        err.contains("LIFEBOAT_VERIFY_UPLOAD=full") && err.contains("damaged"),
+        "{err}"
+    );
+    assert_eq!(
+        s3.list("c/").await.unwrap(),
+        before,
+        "the damaged backup was left in the store"
+    );
+    assert!(
+        spool_left(spool.path()).is_empty(),
+        "{:?}",
+        spool_left(spool.path())
+    );
+}
+
+/// A server that refuses a presigned PUT from its headers alone (as S3 does for an expired or
+/// tampered signature): reads the request head, answers 403 `AccessDenied` "Request has expired"
+/// and closes with the body unread. The backup must report that answer at once — one request, no
+/// retries of what would otherwise look like a connection reset — with exit 5. (On loopback hyper
+/// also reads the answer when the body is already streaming; the early-answer wait in
+/// `presigned.rs` closes the race that remains on real networks. This test guards the outcome.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presigned_put_refused_before_its_body_fails_at_once() {
+    let etcd = start_etcd().await;
+    let mut c = etcd_client::Client::connect([etcd.endpoint.as_str()], None)
+        .await
+        .unwrap();
+    for i in 0..8 {
+        c.put(format!("/registry/big/{i}"), data(1 << 20, i), None)
+            .await
+            .unwrap();
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let requests = Arc::new(AtomicUsize::new(0));
+    let seen = requests.clone();
+    let server = tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        loop {
+            let Ok((mut sock, _)) = listener.accept().await else {
+                return;
+            };
+            seen.fetch_add(1, Ordering::SeqCst);
+            // The request head, byte by byte: nothing of the body is read.
+            let mut head = Vec::new();
+            let mut b = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                match sock.read(&mut b).await {
+                    Ok(1) => head.push(b[0]),
+                    _ => break,
+                }
+            }
+            // Answer a moment later, as across a real network: a client that does not wait for an
+            // early answer is streaming its body by now, and the reset races the 403.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>AccessDenied</Code><Message>Request has expired</Message><X-Amz-Expires>60</X-Amz-Expires></Error>";
+            let _ = sock
+                .write_all(
+                    format!(
+                        "HTTP/1.1 403 Forbidden\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    )
+                    .as_bytes(),
+                )
+                .await;
+            drop(sock); // closed with the body unread: the kernel answers the rest with a reset
+        }
+    });
+    let spool = tempfile::tempdir().unwrap();
+    let url = format!(
+        "http://127.0.0.1:{port}/bucket/c/snapshot.db?X-Amz-Expires=60&X-Amz-Signature=SECRETSIG"
+    );
+    let out = run_backup(
+        &etcd,
+        spool.path(),
+        vec![
+            ("LIFEBOAT_STORE", url),
+            ("LIFEBOAT_STORE_MAX_ATTEMPTS", "5".into()),
+        ],
+    )
+    .await;
+    server.abort();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(5), "{err}");
+    assert!(
+        err.contains(INVALID) && err.contains("Request has expired"),
+        "{err}"
+    );
+    assert!(!err.contains("SECRETSIG"), "{err}");
+    assert_eq!(requests.load(Ordering::SeqCst), 1, "retried: {err}");
+    assert!(!err.contains("retrying"), "{err}");
+    assert!(
+        spool_left(spool.path()).is_empty(),
+        "{:?}",
+        spool_left(spool.path())
+    );
+}
+
+/// A presigned PUT URL that is valid when the backup starts but has expired by the time its
+/// request is checked (held by the server past the expiry): exit 5 with "presign a new one",
+/// nothing stored, the spool cleaned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presigned_url_expiring_mid_backup_is_explained() {
+    let etcd = start_etcd().await;
+    let mut c = etcd_client::Client::connect([etcd.endpoint.as_str()], None)
+        .await
+        .unwrap();
+    for i in 0..4 {
+        c.put(format!("/registry/big/{i}"), data(1 << 20, i), None)
+            .await
+            .unwrap();
+    }
+    let server = Server::start().await;
+    let key = "c/one-shot/snapshot.db";
+    let put = server
+        .presign("PUT", key, SystemTime::now(), Duration::from_secs(2))
+        .await;
+    let manifest = server
+        .presign(
+            "PUT",
+            "c/one-shot/manifest.json",
+            SystemTime::now(),
+            Duration::from_secs(600),
+        )
+        .await;
+    // The object PUT waits 3 s at the server before its signature is checked: past the expiry.
+    server.faults.delay_put_ms.store(3000, Ordering::SeqCst);
+    let spool = tempfile::tempdir().unwrap();
+    let out = run_backup(
+        &etcd,
+        spool.path(),
+        vec![("LIFEBOAT_STORE", put), ("LIFEBOAT_MANIFEST_URL", manifest)],
+    )
+    .await;
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(5), "{err}");
+    assert!(err.contains(INVALID), "{err}");
+    assert!(!err.contains("X-Amz-Signature="), "signature leaked: {err}");
+    let s3 = server.s3_store(&[]).await;
+    assert_eq!(
+        s3.list("").await.unwrap(),
+        vec![],
+        "a partial backup is visible"
+    );
+    assert!(
+        spool_left(spool.path()).is_empty(),
+        "{:?}",
+        spool_left(spool.path())
+    );
+
+    // A manifest URL that has already expired when the backup starts: refused before anything is
+    // uploaded (a PUT URL could not delete the object again), without a single request.
+    let put = server
+        .presign("PUT", key, SystemTime::now(), Duration::from_secs(600))
+        .await;
+    let stale = server
+        .presign(
+            "PUT",
+            "c/one-shot/manifest.json",
+            SystemTime::now() - Duration::from_secs(3600),
+            Duration::from_secs(60),
+        )
+        .await;
+    let before = server.requests();
+    let out = run_backup(
+        &etcd,
+        spool.path(),
+        vec![
+            ("LIFEBOAT_STORE", put.clone()),
+            ("LIFEBOAT_MANIFEST_URL", stale),
+        ],
+    )
+    .await;
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(5), "{err}");
+    assert!(
+        err.contains(INVALID) && err.contains("LIFEBOAT_MANIFEST_URL expired"),
+        "{err}"
+    );
+    assert_eq!(server.requests(), before, "something was sent: {err}");
+    assert!(
+        spool_left(spool.path()).is_empty(),
+        "{:?}",
+        spool_left(spool.path())
+    );
+
+    // A manifest URL that expires while the object uploads: the manifest PUT is refused; the
+    // object (complete, verified) cannot be deleted through a PUT URL, and the log says so.
+    let manifest = server
+        .presign(
+            "PUT",
+            "c/one-shot/manifest.json",
+            SystemTime::now(),
+            Duration::from_secs(2),
+        )
+        .await;
+    server.faults.delay_put_ms.store(3000, Ordering::SeqCst);
+    let out = run_backup(
+        &etcd,
+        spool.path(),
+        vec![("LIFEBOAT_STORE", put), ("LIFEBOAT_MANIFEST_URL", manifest)],
+    )
+    .await;
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(5), "{err}");
+    assert!(err.contains(INVALID), "{err}");
+    assert!(err.contains("but its manifest was not"), "{err}");
+    assert!(!err.contains("X-Amz-Signature="), "signature leaked: {err}");
+    let keys: Vec<_> = s3
+        .list("")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.key)
+        .collect();
+    assert_eq!(keys, vec![key.to_string()], "no manifest may exist");
+    assert!(
+        spool_left(spool.path()).is_empty(),
+        "{:?}",
+        spool_left(spool.path())
+    );
 }

@@ -38,6 +38,8 @@ pub enum Source {
 pub struct RestoreConfig {
     pub source: Source,
     pub data_dir: PathBuf,
+    /// A separate WAL dir (etcd's `--wal-dir`); `None`: `<data-dir>/member/wal`.
+    pub wal_dir: Option<PathBuf>,
     pub name: String,
     pub initial_cluster: String,
     pub token: String,
@@ -165,11 +167,13 @@ impl RestoreConfig {
                 data_dir.display()
             )));
         }
-        if env.get("LIFEBOAT_WAL_DIR").is_some() {
-            return Err(Error::Config(
-                "LIFEBOAT_WAL_DIR: a separate WAL dir is not supported yet; restore writes the WAL to <data-dir>/member/wal. Unset it and start etcd without --wal-dir (or move member/wal to the WAL dir after the restore)".into(),
-            ));
-        }
+        let wal_dir = env
+            .get("LIFEBOAT_WAL_DIR")
+            .map(|d| expand_index("LIFEBOAT_WAL_DIR", d, index))
+            .transpose()?
+            .map(|d| check_wal_dir(&data_dir, PathBuf::from(d)))
+            .transpose()?
+            .flatten();
         let bump_revision = env.u64("LIFEBOAT_BUMP_REVISION", 1_000_000_000)?;
         let mark_compacted = env.bool("LIFEBOAT_MARK_COMPACTED", true)?;
         if bump_revision > 0 && !mark_compacted {
@@ -180,6 +184,7 @@ impl RestoreConfig {
         Ok(RestoreConfig {
             source: parse_source(env)?,
             data_dir,
+            wal_dir,
             name,
             initial_cluster,
             token: env
@@ -197,6 +202,47 @@ impl RestoreConfig {
     }
 }
 
+/// Check `LIFEBOAT_WAL_DIR` against the data dir. `<data-dir>/member/wal` is the default (`None`);
+/// otherwise the WAL dir must be absolute, plain (no `.`/`..`), and outside the parts of the data
+/// dir that a restore moves or rebuilds (`member/`, the staging dir), and not the data dir itself
+/// or one of its parents.
+fn check_wal_dir(data_dir: &Path, wal: PathBuf) -> Result<Option<PathBuf>> {
+    use std::path::Component;
+    let shown = wal.display().to_string();
+    if !wal.is_absolute() {
+        return Err(Error::Config(format!(
+            "LIFEBOAT_WAL_DIR: {shown} must be an absolute path"
+        )));
+    }
+    if wal
+        .components()
+        .any(|c| matches!(c, Component::ParentDir | Component::CurDir))
+    {
+        return Err(Error::Config(format!(
+            "LIFEBOAT_WAL_DIR: {shown} must not contain `.` or `..`"
+        )));
+    }
+    // Normalise `a//b/` → `a/b`.
+    let wal: PathBuf = wal.components().collect();
+    let data: PathBuf = data_dir.components().collect();
+    if wal == data.join("member").join("wal") {
+        return Ok(None);
+    }
+    if data.starts_with(&wal) {
+        return Err(Error::Config(format!(
+            "LIFEBOAT_WAL_DIR: {shown} is LIFEBOAT_DATA_DIR or one of its parents; the WAL dir must be a directory of its own (etcdutl --wal-dir)"
+        )));
+    }
+    for inside in ["member", install::STAGING] {
+        if wal.starts_with(data.join(inside)) {
+            return Err(Error::Config(format!(
+                "LIFEBOAT_WAL_DIR: {shown} is inside <data-dir>/{inside}, which a restore moves aside or rebuilds; use <data-dir>/member/wal (the default) or a directory outside it"
+            )));
+        }
+    }
+    Ok(Some(wal))
+}
+
 /// The marker a finished restore leaves in the data dir; a retried Job with the same inputs is a no-op.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Marker {
@@ -209,6 +255,12 @@ pub struct Marker {
     pub bump_revision: u64,
     pub restored_at: String,
     pub moved_aside: Option<String>,
+    /// The separate WAL dir (`LIFEBOAT_WAL_DIR`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wal_dir: Option<String>,
+    /// Where the previous WAL dir was moved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wal_moved_aside: Option<String>,
 }
 
 impl Marker {
@@ -220,6 +272,7 @@ impl Marker {
             &self.initial_cluster,
             &self.token,
             self.bump_revision,
+            &self.wal_dir,
         ) == (
             &other.db_sha256,
             &other.member_id,
@@ -227,6 +280,7 @@ impl Marker {
             &other.initial_cluster,
             &other.token,
             other.bump_revision,
+            &other.wal_dir,
         )
     }
 }
@@ -244,6 +298,24 @@ impl Drop for RemoveEmptyDir {
     fn drop(&mut self) {
         if let Some(d) = &self.0 {
             let _ = std::fs::remove_dir(d);
+        }
+    }
+}
+
+/// Set when dropped (the restore future was cancelled by a signal) unless disarmed.
+#[derive(Default)]
+struct CancelFlag(std::sync::Arc<std::sync::atomic::AtomicBool>, bool);
+
+impl CancelFlag {
+    fn disarm(mut self) {
+        self.1 = true;
+    }
+}
+
+impl Drop for CancelFlag {
+    fn drop(&mut self) {
+        if !self.1 {
+            self.0.store(true, std::sync::atomic::Ordering::SeqCst);
         }
     }
 }
@@ -421,10 +493,16 @@ pub async fn run(cfg: &RestoreConfig, now: SystemTime) -> Result<Outcome> {
         bump_revision: cfg.bump_revision,
         restored_at: crate::manifest::rfc3339(now),
         moved_aside: None,
+        wal_dir: cfg.wal_dir.as_ref().map(|w| w.display().to_string()),
+        wal_moved_aside: None,
     };
     let live_member = cfg.data_dir.join("member");
+    let live_wal = cfg
+        .wal_dir
+        .clone()
+        .unwrap_or_else(|| live_member.join("wal"));
     if let (Some(old), Some(r)) = (&old_marker, &fetched.report) {
-        if old.same_restore(&marker_for(r)) && live_member.join("wal").exists() {
+        if old.same_restore(&marker_for(r)) && live_member.exists() && live_wal.exists() {
             tracing::info!(data_dir = %cfg.data_dir.display(), restored_at = %old.restored_at, "this data dir was already restored from this snapshot with these settings: nothing to do");
             return Ok(Outcome {
                 marker: old.clone(),
@@ -434,6 +512,9 @@ pub async fn run(cfg: &RestoreConfig, now: SystemTime) -> Result<Outcome> {
         }
     }
     install::ensure_not_in_use(&cfg.data_dir)?;
+    if let Some(w) = &cfg.wal_dir {
+        install::ensure_wal_dir_movable(w)?;
+    }
     let latest = match &fetched.report {
         Some(r) => u64::try_from(r.status.revision).unwrap_or(0),
         None => {
@@ -456,6 +537,18 @@ pub async fn run(cfg: &RestoreConfig, now: SystemTime) -> Result<Outcome> {
     } else {
         "none (empty target)".to_string()
     };
+    let existing_wal = cfg.wal_dir.as_ref().map(|w| {
+        if w.exists() {
+            format!(
+                "{} moved aside to {}.pre-restore-{}",
+                w.display(),
+                w.display(),
+                crate::manifest::compact_utc(now)
+            )
+        } else {
+            format!("none ({} is created)", w.display())
+        }
+    });
     let keys = fetched
         .report
         .as_ref()
@@ -492,9 +585,21 @@ pub async fn run(cfg: &RestoreConfig, now: SystemTime) -> Result<Outcome> {
             ))
         ),
         format!("target data dir: {}", cfg.data_dir.display()),
+        format!(
+            "target WAL dir:  {}",
+            cfg.wal_dir
+                .as_ref()
+                .map_or("<data-dir>/member/wal".to_string(), |w| format!(
+                    "{} (LIFEBOAT_WAL_DIR)",
+                    w.display()
+                ))
+        ),
         format!("existing member: {existing}"),
-        format!("disk needed:     about {}", mib(needed)),
-    ] {
+    ]
+    .into_iter()
+    .chain(existing_wal.map(|w| format!("existing WAL:    {w}")))
+    .chain([format!("disk needed:     about {}", mib(needed))])
+    {
         println!("plan: {line}");
     }
     if cfg.dry_run {
@@ -516,14 +621,57 @@ pub async fn run(cfg: &RestoreConfig, now: SystemTime) -> Result<Outcome> {
     }
     // A data dir we create is removed again (when still empty) if the restore fails.
     let created_dir = RemoveEmptyDir((!cfg.data_dir.exists()).then(|| cfg.data_dir.clone()));
-    install::ensure_writable_with_room(&cfg.data_dir, needed)?;
+    // A separate WAL dir is staged next to it (same filesystem: the final step is a rename).
+    let wal_parent = cfg.wal_dir.as_deref().map(install::parent_of);
+    let wal_need = crate::restore::wal::WAL_SEGMENT_SIZE + (1 << 20);
+    let data_need = if wal_parent.is_some() {
+        needed - wal_need.min(needed)
+    } else {
+        needed
+    };
+    install::ensure_writable_with_room(&cfg.data_dir, data_need)?;
+    let created_wal_parent =
+        RemoveEmptyDir(wal_parent.filter(|p| !p.exists()).map(Path::to_path_buf));
+    if let Some(p) = wal_parent {
+        // On the data dir's filesystem, the WAL and the member need room together.
+        use std::os::unix::fs::MetadataExt;
+        let dev = |d: &Path| std::fs::metadata(d).map(|m| m.dev()).ok();
+        let shared = dev(p).is_some() && dev(p) == dev(&cfg.data_dir);
+        install::ensure_dir_writable_with_room(
+            p,
+            if shared { needed } else { wal_need },
+            "LIFEBOAT_WAL_DIR's parent",
+        )?;
+    }
     let staging = install::fresh_staging(&cfg.data_dir)?;
     let staging_guard = RemoveOnDrop::new(staging.clone());
+    let wal_staging = cfg
+        .wal_dir
+        .as_deref()
+        .map(install::fresh_wal_staging)
+        .transpose()?;
+    let wal_staging_guard = wal_staging.clone().map(RemoveOnDrop::new);
     let (snap, member_dir) = (fetched.path.clone(), staging.join("member"));
-    let wal_dir = member_dir.join("wal");
+    let wal_dir = wal_staging
+        .clone()
+        .unwrap_or_else(|| member_dir.join("wal"));
     let plan2 = plan.clone();
+    // On SIGTERM this future is dropped while the build may still be writing in a blocking
+    // thread: the guards above remove the staging dirs at once, and the build removes them again
+    // when it ends (so nothing it wrote after the first removal is left behind).
+    let cancelled = CancelFlag::default();
+    let (flag, leftovers) = (
+        cancelled.0.clone(),
+        [Some(staging.clone()), wal_staging.clone()],
+    );
     let build = tokio::task::spawn_blocking(move || {
-        build_member(&snap, &member_dir, &wal_dir, &plan2, bump, latest)
+        let r = build_member(&snap, &member_dir, &wal_dir, &plan2, bump, latest);
+        if flag.load(std::sync::atomic::Ordering::SeqCst) {
+            for d in leftovers.iter().flatten() {
+                let _ = std::fs::remove_dir_all(d);
+            }
+        }
+        r
     });
     let verify = async {
         match fetched.report.take() {
@@ -541,14 +689,34 @@ pub async fn run(cfg: &RestoreConfig, now: SystemTime) -> Result<Outcome> {
             report.status.revision
         )));
     }
+    cancelled.disarm();
     let built = built.map_err(|e| Error::Internal(format!("worker thread failed: {e}")))??;
     tracing::info!(db_bytes = built.db_bytes, keys = built.keys, bumped_revision = ?built.bumped_revision, "member dir built in staging");
-    let swapped = install::swap(&cfg.data_dir, &staging, &crate::manifest::compact_utc(now))?;
+    // From here to the end nothing awaits: a SIGTERM is handled only after the swap and the
+    // marker (see `install::swap`).
+    let wal_target = match (&cfg.wal_dir, &wal_staging) {
+        (Some(dir), Some(staged)) => Some(install::WalTarget { dir, staged }),
+        _ => None,
+    };
+    let swapped = install::swap(
+        &cfg.data_dir,
+        &staging,
+        &crate::manifest::compact_utc(now),
+        wal_target,
+    )?;
     staging_guard.disarm();
+    if let Some(g) = wal_staging_guard {
+        g.disarm();
+    }
     created_dir.disarm();
+    created_wal_parent.disarm();
     let marker = Marker {
         moved_aside: swapped
             .moved_aside
+            .as_ref()
+            .map(|p| p.display().to_string()),
+        wal_moved_aside: swapped
+            .wal_moved_aside
             .as_ref()
             .map(|p| p.display().to_string()),
         ..marker_for(&report)
@@ -558,13 +726,18 @@ pub async fn run(cfg: &RestoreConfig, now: SystemTime) -> Result<Outcome> {
         &serde_json::to_string_pretty(&marker).unwrap_or_default(),
     )?;
     println!(
-        "restored {} into {}{}; start etcd with --name {} --data-dir {} (the --initial-* flags are ignored once a WAL exists)",
+        "restored {} into {}{}{}; start etcd with --name {} --data-dir {}{} (the --initial-* flags are ignored once a WAL exists)",
         fetched.label,
         cfg.data_dir.display(),
+        cfg.wal_dir.as_ref().map(|w| format!(" and WAL dir {}", w.display())).unwrap_or_default(),
         swapped.moved_aside.map(|p| format!(" (previous member moved to {})", p.display())).unwrap_or_default(),
         cfg.name,
-        cfg.data_dir.display()
+        cfg.data_dir.display(),
+        cfg.wal_dir.as_ref().map(|w| format!(" --wal-dir {}", w.display())).unwrap_or_default(),
     );
+    if let Some(p) = &swapped.wal_moved_aside {
+        println!("previous WAL dir moved to {}", p.display());
+    }
     Ok(Outcome {
         marker,
         already_done: false,
@@ -643,16 +816,8 @@ mod tests {
 
     #[test]
     fn defaults_match_etcdutl_and_the_platforms() {
-        let mut v = base();
-        v.push(("LIFEBOAT_WAL_DIR", "/var/lib/etcd-wal"));
-        let e = RestoreConfig::from_env(&Env::from_pairs(v))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("LIFEBOAT_WAL_DIR") && e.contains("not supported"),
-            "{e}"
-        );
         let c = RestoreConfig::from_env(&Env::from_pairs(base())).unwrap();
+        assert_eq!(c.wal_dir, None);
         assert_eq!(
             (
                 c.name.as_str(),
@@ -664,6 +829,49 @@ mod tests {
         assert_eq!(c.bump_revision, 1_000_000_000);
         assert!(c.mark_compacted && !c.skip_hash_check && !c.dry_run);
         assert!(matches!(c.source, Source::Catalog { ref which, .. } if which == "latest"));
+    }
+
+    #[test]
+    fn wal_dir_like_etcdutl_wal_dir() {
+        let wal = |w: &str| {
+            let mut v = base();
+            v.push(("LIFEBOAT_WAL_DIR", w));
+            v.push(("LIFEBOAT_MEMBER_INDEX", "1"));
+            RestoreConfig::from_env(&Env::from_pairs(v)).map(|c| c.wal_dir)
+        };
+        assert_eq!(
+            wal("/var/lib/etcd-wal/wal").unwrap(),
+            Some(PathBuf::from("/var/lib/etcd-wal/wal"))
+        );
+        assert_eq!(
+            wal("/wal//m{index}/").unwrap(),
+            Some(PathBuf::from("/wal/m1"))
+        );
+        // etcd's own default is no separate WAL dir at all.
+        assert_eq!(wal("/var/lib/etcd/member/wal/").unwrap(), None);
+        // Beside member/ inside the data dir is fine (etcd ignores other entries there).
+        assert_eq!(
+            wal("/var/lib/etcd/wal").unwrap(),
+            Some(PathBuf::from("/var/lib/etcd/wal"))
+        );
+        for (bad, why) in [
+            ("wal", "absolute"),
+            ("/var/lib/etcd/../wal", "`..`"),
+            ("/var/lib/etcd", "one of its parents"),
+            ("/var/lib", "one of its parents"),
+            ("/", "one of its parents"),
+            ("/var/lib/etcd/member/mywal", "inside <data-dir>/member"),
+            (
+                "/var/lib/etcd/.lifeboat-staging/wal",
+                "inside <data-dir>/.lifeboat-staging",
+            ),
+        ] {
+            let e = wal(bad).unwrap_err().to_string();
+            assert!(
+                e.contains("LIFEBOAT_WAL_DIR") && e.contains(why),
+                "{bad}: {e}"
+            );
+        }
     }
 
     #[test]

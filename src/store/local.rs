@@ -45,6 +45,14 @@ impl LocalStore {
         Ok(dir)
     }
 
+    /// Read `key` through `sink` (e.g. a hasher); its size.
+    pub fn read_into(&self, key: &str, sink: &mut impl std::io::Write) -> Result<u64> {
+        let path = self.path(key);
+        let mut f =
+            File::open(&path).map_err(|e| store_err(format!("opening {}", path.display()), e))?;
+        std::io::copy(&mut f, sink).map_err(|e| store_err(format!("reading {}", path.display()), e))
+    }
+
     pub fn put_file(&self, key: &str, src: &Path) -> Result<ObjectMeta> {
         self.parent_dir(key)?;
         let dest = self.path(key);

@@ -16,6 +16,10 @@ pub mod s3;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use sha2::{Digest, Sha256};
 
 use crate::config::Env;
 use crate::error::{Error, Result};
@@ -68,6 +72,16 @@ pub fn redact_url(url: &str) -> String {
         None => base.to_string(),
     };
     format!("{base}{query}")
+}
+
+/// `https://user:pw@host:1/secret/path?token=…` → `https://host:1/…`: for URLs whose path may be a
+/// secret too (webhooks).
+pub fn redact_to_host(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let auth = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host = auth.rsplit('@').next().unwrap_or("");
+    let more = if rest.len() > auth.len() { "/…" } else { "" };
+    format!("{scheme}://{host}{more}")
 }
 
 impl Location {
@@ -234,6 +248,15 @@ impl Store {
         }
     }
 
+    /// Before a backup: a presigned URL that has already expired is refused (nothing could be
+    /// completed with it), one that expires within `soon` is warned about. Other stores: nothing.
+    pub fn check_expiry(&self, soon: std::time::Duration) -> Result<()> {
+        match self {
+            Store::Presigned(s) => s.check_expiry(std::time::SystemTime::now(), soon),
+            _ => Ok(()),
+        }
+    }
+
     /// Upload the file at `src` as `key` (atomically: readers see all of it or nothing).
     pub async fn put_file(&self, key: &str, src: &Path) -> Result<ObjectMeta> {
         check_key(key)?;
@@ -284,6 +307,18 @@ impl Store {
         }
     }
 
+    /// Read `key` back, hashing it as it streams (nothing is kept): its size and sha256.
+    pub async fn hash_object(&self, key: &str) -> Result<(u64, [u8; 32])> {
+        check_key(key)?;
+        let mut sink = HashSink::default();
+        let n = match self {
+            Store::Local(s) => s.read_into(key, &mut sink)?,
+            Store::S3(s) => s.get_to_writer(key, &mut sink, "the hasher").await?,
+            Store::Presigned(s) => s.get_to_writer(key, &mut sink, "the hasher").await?,
+        };
+        Ok((n, sink.hash.finalize().into()))
+    }
+
     pub async fn head(&self, key: &str) -> Result<Option<ObjectMeta>> {
         check_key(key)?;
         match self {
@@ -311,6 +346,39 @@ impl Store {
             Store::S3(s) => s.delete(key).await,
             Store::Presigned(s) => s.delete(key),
         }
+    }
+}
+
+/// A writer that only hashes (sync and async).
+#[derive(Default)]
+struct HashSink {
+    hash: Sha256,
+}
+
+impl std::io::Write for HashSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.hash.update(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl tokio::io::AsyncWrite for HashSink {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.hash.update(buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -360,6 +428,11 @@ mod tests {
         }
         assert_eq!(redact_url("http://u:p@h:1/x"), "http://REDACTED@h:1/x");
         assert_eq!(redact_url("http://u:p@h:1"), "http://REDACTED@h:1");
+        assert_eq!(
+            redact_to_host("https://u:p@hooks.example:8443/T0/B0/secret?x=1"),
+            "https://hooks.example:8443/…"
+        );
+        assert_eq!(redact_to_host("http://h"), "http://h");
         let e = Location::parse("V", "gopher://u:secret@h/?sig=1")
             .unwrap_err()
             .to_string();

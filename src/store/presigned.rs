@@ -11,10 +11,15 @@
 //! the object should be) is reported as "the presigned URL has expired or is invalid", never
 //! taken as data. Plain `http://` is accepted for loopback hosts only: the signature in the URL is
 //! a bearer credential. URLs are only ever shown through [`redact_url`].
+//!
+//! Expiry: before a backup, URLs whose `X-Amz-Date` + `X-Amz-Expires` lie in the past are refused
+//! (nothing is uploaded that could not be completed). A PUT holds its body back for up to 1 s after
+//! the request head, so that a store refusing the head alone (S3's 403 for an expired or tampered
+//! signature) is heard at once instead of racing the body into a connection reset.
 
 use std::fmt;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -32,6 +37,8 @@ use crate::store::{redact_url, Capabilities, ObjectMeta};
 pub const MAX_SINGLE_PUT: u64 = 5 << 30;
 /// `get_bytes` is for manifests: refuse to buffer anything bigger.
 const MAX_GET_BYTES: u64 = 64 << 20;
+/// The longest a PUT waits for an early answer to its headers before sending the body.
+const EARLY_ANSWER: Duration = Duration::from_secs(1);
 /// How much of an error body is read to explain it.
 const MAX_ERROR_BODY: usize = 16 << 10;
 
@@ -42,7 +49,43 @@ pub struct SecretUrl(reqwest::Url);
 impl SecretUrl {
     /// Parse and check `raw` (from variable `var`): http(s), a host, plain http only on loopback.
     pub fn parse(var: &str, raw: &str) -> Result<Self> {
-        let shown = redact_url(raw);
+        Self::parse_shown(
+            var,
+            raw,
+            &redact_url(raw),
+            "for a presigned URL (its signature is a credential anyone on the path could replay)",
+        )
+    }
+
+    /// [`SecretUrl::parse`] for a notification URL: errors show scheme and host only, since a
+    /// webhook's path may be its secret.
+    ///
+    /// A Pushgateway inside the cluster is usually plain `http://pushgateway.<ns>:9091`; metrics are
+    /// not secret, so `plain_http_ok` lets such a URL through as long as it carries no user info
+    /// and no query (where credentials would be).
+    pub fn parse_notify(var: &str, raw: &str, plain_http_ok: bool) -> Result<Self> {
+        let shown = crate::store::redact_to_host(raw);
+        if plain_http_ok {
+            if let Ok(url) = reqwest::Url::parse(raw) {
+                if url.scheme() == "http"
+                    && url.host_str().is_some_and(|h| !h.is_empty())
+                    && url.username().is_empty()
+                    && url.password().is_none()
+                    && url.query().is_none()
+                {
+                    return Ok(SecretUrl(url));
+                }
+            }
+        }
+        Self::parse_shown(
+            var,
+            raw,
+            &shown,
+            "(the URL may carry credentials anyone on the path could replay)",
+        )
+    }
+
+    fn parse_shown(var: &str, raw: &str, shown: &str, why_https: &str) -> Result<Self> {
         let url = reqwest::Url::parse(raw)
             .map_err(|e| Error::Config(format!("{var}: {shown} is not a valid URL ({e})")))?;
         let host = url.host_str().unwrap_or("");
@@ -54,7 +97,7 @@ impl SecretUrl {
             "http" if net::is_loopback_host(host) => {}
             "http" => {
                 return Err(Error::Config(format!(
-                    "{var}: {shown}: plain http:// is refused for a presigned URL (its signature is a credential anyone on the path could replay); use https://, or http:// only on a loopback host (127.0.0.1, ::1, localhost)"
+                    "{var}: {shown}: plain http:// is refused {why_https}; use https://, or http:// only on a loopback host (127.0.0.1, ::1, localhost)"
                 )))
             }
             other => {
@@ -64,6 +107,11 @@ impl SecretUrl {
             }
         }
         Ok(SecretUrl(url))
+    }
+
+    /// The URL itself, credentials included: for sending, never for showing.
+    pub(crate) fn url(&self) -> &reqwest::Url {
+        &self.0
     }
 }
 
@@ -165,6 +213,39 @@ impl PresignedStore {
         }
     }
 
+    /// Before a backup: refuse URLs that have already expired (SigV4 `X-Amz-Date` +
+    /// `X-Amz-Expires`, or the `X-Goog-` equivalents) by this machine's clock, so that nothing is
+    /// uploaded that cannot be completed; warn about URLs that expire within `soon`.
+    pub fn check_expiry(&self, now: SystemTime, soon: Duration) -> Result<()> {
+        let urls = [
+            Some(("LIFEBOAT_STORE", &self.object)),
+            self.manifest.as_ref().map(|m| ("LIFEBOAT_MANIFEST_URL", m)),
+        ];
+        for (var, url) in urls.into_iter().flatten() {
+            let Some(expires) = expiry(url.url()) else {
+                continue;
+            };
+            match expires.duration_since(now) {
+                Err(ago) => {
+                    return Err(invalid_url(
+                        "uploading to",
+                        url,
+                        &format!(
+                            "{var} expired {} ago by this machine's clock; nothing was uploaded",
+                            humantime::format_duration(Duration::from_secs(ago.duration().as_secs()))
+                        ),
+                    ))
+                }
+                Ok(left) if left < soon => tracing::warn!(
+                    "{var} ({url}) expires in {}: a backup that takes longer fails; presign it for longer",
+                    humantime::format_duration(Duration::from_secs(left.as_secs()))
+                ),
+                Ok(_) => {}
+            }
+        }
+        Ok(())
+    }
+
     pub async fn put_file(&self, key: &str, src: &Path) -> Result<ObjectMeta> {
         let url = self.url_for(key)?;
         let size = std::fs::metadata(src)
@@ -181,11 +262,24 @@ impl PresignedStore {
                 .await
                 .map_err(|e| Failure::Final(Error::io(format!("opening {}", src.display()), e)))?;
             let a = activity.clone();
-            let stream =
+            // Hold the body back for a moment after the headers (a hand-made `Expect:
+            // 100-continue`, which hyper does not do): a store that refuses the request from its
+            // headers alone (S3: 403 for an expired or tampered signature) answers before reading
+            // the body and closes; if we were still sending, the reset would reach us before the
+            // answer and look like a network failure worth retrying.
+            let window = early_answer_window(self.net);
+            let a2 = activity.clone();
+            let hold = futures_util::stream::once(async move {
+                tokio::time::sleep(window).await;
+                a2.touch();
+            })
+            .filter_map(|()| std::future::ready(None::<std::io::Result<Bytes>>));
+            let stream = hold.chain(
                 tokio_util::io::ReaderStream::with_capacity(file, 256 << 10).map(move |chunk| {
                     a.touch();
                     chunk
-                });
+                }),
+            );
             let req = self
                 .client
                 .put(url.0.clone())
@@ -273,9 +367,36 @@ impl PresignedStore {
 
     pub async fn get_to_file(&self, key: &str, dest: &Path) -> Result<u64> {
         let url = self.url_for(key)?;
-        let (mut resp, first, expected) = self.get(url).await?;
+        let (resp, first, expected) = self.get(url).await?;
         let mut file = tokio::fs::File::from_std(create_private(dest)?);
-        let write_err = |e| Error::io(format!("writing {}", dest.display()), e);
+        let dest = dest.display().to_string();
+        self.stream_into(url, resp, first, expected, &mut file, &dest)
+            .await
+    }
+
+    /// Stream `key` into `file` (named `dest` in errors); its size.
+    pub async fn get_to_writer(
+        &self,
+        key: &str,
+        file: &mut (impl tokio::io::AsyncWrite + Unpin),
+        dest: &str,
+    ) -> Result<u64> {
+        let url = self.url_for(key)?;
+        let (resp, first, expected) = self.get(url).await?;
+        self.stream_into(url, resp, first, expected, file, dest)
+            .await
+    }
+
+    async fn stream_into(
+        &self,
+        url: &SecretUrl,
+        mut resp: reqwest::Response,
+        first: Bytes,
+        expected: Option<u64>,
+        file: &mut (impl tokio::io::AsyncWrite + Unpin),
+        dest: &str,
+    ) -> Result<u64> {
+        let write_err = |e| Error::io(format!("writing {dest}"), e);
         file.write_all(&first).await.map_err(write_err)?;
         let mut n = first.len() as u64;
         loop {
@@ -415,7 +536,42 @@ impl PresignedStore {
     }
 }
 
-fn err_chain(e: &dyn std::error::Error) -> String {
+/// How long a PUT waits after its headers for an early answer before it sends the body: 1 s, or a
+/// quarter of the read timeout when that is shorter (the stall watchdog must not fire meanwhile).
+fn early_answer_window(net: NetConfig) -> Duration {
+    EARLY_ANSWER.min(net.read_timeout / 4)
+}
+
+/// When a presigned URL stops working: signing time + validity, from its query (SigV4 `X-Amz-Date`
+/// `20261122T043330Z` + `X-Amz-Expires` seconds; GCS's `X-Goog-` names alike). `None` when absent.
+fn expiry(url: &reqwest::Url) -> Option<SystemTime> {
+    let (mut date, mut secs) = (None, None);
+    for (k, v) in url.query_pairs() {
+        match k.to_ascii_lowercase().as_str() {
+            "x-amz-date" | "x-goog-date" => date = Some(v.into_owned()),
+            "x-amz-expires" | "x-goog-expires" => secs = v.parse::<u64>().ok(),
+            _ => {}
+        }
+    }
+    let d = date?;
+    if d.len() != 16 || !d.is_ascii() {
+        return None;
+    }
+    let rfc = format!(
+        "{}-{}-{}T{}:{}:{}Z",
+        &d[0..4],
+        &d[4..6],
+        &d[6..8],
+        &d[9..11],
+        &d[11..13],
+        &d[13..15]
+    );
+    humantime::parse_rfc3339(&rfc)
+        .ok()?
+        .checked_add(Duration::from_secs(secs?))
+}
+
+pub(crate) fn err_chain(e: &dyn std::error::Error) -> String {
     // reqwest errors print their URL: strip it to keep the signature out of messages.
     let mut out = e.to_string();
     let mut cur = e.source();
@@ -618,6 +774,59 @@ mod tests {
         assert_eq!(xml_tag(x, "Code"), Some("AccessDenied"));
         assert_eq!(xml_tag(x, "Message"), Some("Request has expired"));
         assert_eq!(xml_tag(x, "Nope"), None);
+    }
+
+    #[test]
+    fn expiry_is_read_from_the_signature_query() {
+        let u = |q: &str| reqwest::Url::parse(&format!("https://h/b/k?{q}")).unwrap();
+        let t0 = humantime::parse_rfc3339("2026-11-22T04:33:30Z").unwrap();
+        assert_eq!(
+            expiry(&u(
+                "X-Amz-Date=20261122T043330Z&X-Amz-Expires=3600&X-Amz-Signature=s"
+            )),
+            Some(t0 + Duration::from_secs(3600))
+        );
+        assert_eq!(
+            expiry(&u("x-goog-date=20261122T043330Z&x-goog-expires=60")),
+            Some(t0 + Duration::from_secs(60))
+        );
+        // Absurd validity: no overflow, just "no expiry known".
+        assert_eq!(
+            expiry(&u(&format!(
+                "X-Amz-Date=20261122T043330Z&X-Amz-Expires={}",
+                u64::MAX
+            ))),
+            None
+        );
+        for none in [
+            "X-Amz-Signature=s",
+            "X-Amz-Date=2026&X-Amz-Expires=1",
+            "X-Amz-Date=20261122T043330Z",
+        ] {
+            assert_eq!(expiry(&u(none)), None, "{none}");
+        }
+        let env = Env::from_pairs([(
+            "LIFEBOAT_MANIFEST_URL",
+            "https://h/b/m?X-Amz-Date=20261122T043330Z&X-Amz-Expires=60&X-Amz-Signature=sekrit",
+        )]);
+        let cfg = PresignedConfig::from_env(
+            &env,
+            "LIFEBOAT_STORE",
+            "https://h/b/k?X-Amz-Date=20261122T043330Z&X-Amz-Expires=86400&X-Amz-Signature=sekrit",
+        )
+        .unwrap();
+        let s = PresignedStore::open(&cfg).unwrap();
+        let soon = Duration::from_secs(600);
+        s.check_expiry(t0 + Duration::from_secs(59), soon).unwrap();
+        let e = s
+            .check_expiry(t0 + Duration::from_secs(120), soon)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("presign a new one") && e.contains("LIFEBOAT_MANIFEST_URL expired 1m ago"),
+            "{e}"
+        );
+        assert!(!e.contains("sekrit"), "{e}");
     }
 
     #[test]

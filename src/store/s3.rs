@@ -545,8 +545,19 @@ impl S3Store {
     }
 
     pub async fn get_to_file(&self, key: &str, dest: &Path) -> Result<u64> {
-        let (url, mut out) = self.get_object(key).await?;
         let mut file = tokio::fs::File::from_std(create_private(dest)?);
+        self.get_to_writer(key, &mut file, &dest.display().to_string())
+            .await
+    }
+
+    /// Stream `key` into `file` (named `dest` in errors); its size.
+    pub async fn get_to_writer(
+        &self,
+        key: &str,
+        file: &mut (impl tokio::io::AsyncWrite + Unpin),
+        dest: &str,
+    ) -> Result<u64> {
+        let (url, mut out) = self.get_object(key).await?;
         let mut n = 0u64;
         loop {
             let chunk = tokio::time::timeout(self.net.read_timeout, out.body.try_next())
@@ -563,12 +574,12 @@ impl S3Store {
             let Some(chunk) = chunk else { break };
             file.write_all(&chunk)
                 .await
-                .map_err(|e| Error::io(format!("writing {}", dest.display()), e))?;
+                .map_err(|e| Error::io(format!("writing {dest}"), e))?;
             n += chunk.len() as u64;
         }
         file.flush()
             .await
-            .map_err(|e| Error::io(format!("writing {}", dest.display()), e))?;
+            .map_err(|e| Error::io(format!("writing {dest}"), e))?;
         if let Some(expected) = out.content_length() {
             if expected as u64 != n {
                 return Err(Error::Store(format!(
