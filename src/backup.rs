@@ -4,6 +4,12 @@
 //! integrity, status) → compress → put the object → write the manifest (last: the commit marker)
 //! → read it back. Every temporary file is owned by a guard in this async scope, so an error or a
 //! signal (the future is dropped) leaves nothing partial behind, locally or in the store.
+//!
+//! Verification and zstd follow the stream; with S3 so does the multipart upload (parts of the
+//! growing spool or zstd output, sent as their bytes arrive), which is completed only after the
+//! checks passed and aborted on any failure. Its key needs the snapshot's revision, known only once
+//! verified: the upload follows the stream only when etcd's revision had not moved since preflight
+//! when the snapshot began (then the two are equal); otherwise it starts after the checks.
 
 use std::fs::File;
 use std::io::{Read, Write};
