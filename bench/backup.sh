@@ -32,12 +32,12 @@ read -r -a stores <<<"${BENCH_STORES:-local s3}"
 mkdir -p "$out/s3"
 "$BENCH_ROOT/target/release/examples/s3_server" "$out/s3" bench BENCHKEY bench-secret-not-real >"$out/s3.url" 2>"$out/s3.log" &
 s3_pid=$!
-trap 'kill "$s3_pid" 2>/dev/null || true; bench_cleanup' EXIT
+trap 'kill "$s3_pid" 2>/dev/null || true; rm -rf "$out/s3"; bench_cleanup' EXIT
 for _ in $(seq 100); do [ -s "$out/s3.url" ] && break; sleep 0.1; done
 s3_url=$(head -n1 "$out/s3.url")
 
 run_tool() { # TOOL MODE STORE
-  rm -rf "$out/store" "$out/saved.db" "$out/s3/bench/bench"
+  rm -rf "$out/store" "$out/saved.db" "$out/s3/bench/lifeboat" "$out"/s3/.bucket-*
   case $1 in
     etcdctl)
       bench_run "$res/etcdctl" env ETCDCTL_API=3 "$BENCH_ETCD_DIR/etcdctl" --endpoints="$BENCH_ENDPOINT" \
