@@ -7,9 +7,10 @@
 //!
 //! Verification and zstd follow the stream; with S3 so does the multipart upload (parts of the
 //! growing spool or zstd output, sent as their bytes arrive), which is completed only after the
-//! checks passed and aborted on any failure. Its key needs the snapshot's revision, known only once
-//! verified: the upload follows the stream only when etcd's revision had not moved since preflight
-//! when the snapshot began (then the two are equal); otherwise it starts after the checks.
+//! checks passed and aborted on any failure. Its key is fixed before the first part, so the
+//! backup's id (`<time>-r<revision>`) carries the revision seen in preflight: the snapshot, taken
+//! just after from the same member, holds at least that revision (a lagging member is refused);
+//! the manifest records the snapshot's own revision.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -340,26 +341,19 @@ pub async fn run(cfg: &BackupConfig, clock: &(dyn Fn() -> SystemTime + Sync)) ->
     };
 
     // With S3 the multipart upload follows the growing file while the snapshot streams; it is
-    // completed only after every check below passed, and aborted otherwise. Its key must be fixed
-    // now, but the backup's id carries the snapshot's revision, known only once verified: the
-    // upload goes to the key of the revision seen in preflight, which is the snapshot's unless
-    // etcd was written to in between (then it is aborted and the object uploaded again, below).
+    // completed only after every check below passed, and aborted otherwise. Its key is fixed now:
+    // the id carries the preflight revision (see the module docs).
     let object_name = manifest::object_name(cfg.compression.name());
-    let guess_key = format!(
-        "{}/{object_name}",
-        manifest::backup_dir(
-            &cfg.cluster_name,
-            &manifest::backup_id(created, chosen.revision)
-        )
-    );
+    let id = manifest::backup_id(created, chosen.revision);
+    let dir = manifest::backup_dir(&cfg.cluster_name, &id);
+    let object_key = format!("{dir}/{object_name}");
     let mut early = match (s3, upload_src) {
         (Some(s), Some((src, path))) => {
-            Some(s.growing_upload(&guess_key, std::sync::Arc::new(src), path))
+            Some(s.growing_upload(&object_key, std::sync::Arc::new(src), path))
         }
         _ => None,
     };
 
-    let snapshot_started = spool.reader()?;
     let checks = async {
         etcd::stream_snapshot(&cfg.etcd, &chosen.endpoint, &mut spool).await?;
         tracing::info!("{}", spool.progress_line());
@@ -409,23 +403,6 @@ pub async fn run(cfg: &BackupConfig, clock: &(dyn Fn() -> SystemTime + Sync)) ->
     let mut parts_stored_at = None;
     let checked = match early.as_mut() {
         Some(up) => tokio::try_join!(checks, async {
-            // etcd took the snapshot before sending its first bytes. If the member's revision has
-            // not moved since preflight by then, the snapshot has the preflight revision and the
-            // key is right; otherwise it may not (a write before the snapshot), so rather than
-            // risk uploading everything twice, upload after the checks as without streaming.
-            if snapshot_started.wait_written(1).await.is_err() {
-                return Ok(()); // the stream failed: the checks report why
-            }
-            match etcd::revision(&cfg.etcd, &chosen.endpoint).await {
-                Ok(r) if r == chosen.revision => {}
-                moved => {
-                    tracing::info!(
-                        preflight = chosen.revision, now = ?moved.as_ref().map_err(|e| e.to_string()),
-                        "etcd's revision moved since preflight: the snapshot's revision, part of the object key, is known only once verified; uploading after the checks"
-                    );
-                    return Ok(());
-                }
-            }
             up.drive().await?;
             parts_stored_at = Some(Instant::now());
             Ok(())
@@ -433,7 +410,6 @@ pub async fn run(cfg: &BackupConfig, clock: &(dyn Fn() -> SystemTime + Sync)) ->
         .map(|(c, _)| c),
         None => checks.await,
     };
-    drop(snapshot_started);
     let ((_spooled, report, upload_path, stored_size, stored_sha, times), checked_at) =
         match checked {
             Ok(c) => c,
@@ -447,12 +423,9 @@ pub async fn run(cfg: &BackupConfig, clock: &(dyn Fn() -> SystemTime + Sync)) ->
     let [stream_time, verify_time, compress_time] = times;
     let status = &report.status;
 
-    let id = manifest::backup_id(created, status.revision);
-    let dir = manifest::backup_dir(&cfg.cluster_name, &id);
-    let object_key = format!("{dir}/{object_name}");
     let t_upload = Instant::now();
     let put = match early {
-        Some(up) if up.started() && object_key == guess_key => {
+        Some(up) if up.started() => {
             let lag =
                 parts_stored_at.map_or(Duration::ZERO, |t| t.saturating_duration_since(checked_at));
             let t_complete = Instant::now();
@@ -465,13 +438,6 @@ pub async fn run(cfg: &BackupConfig, clock: &(dyn Fn() -> SystemTime + Sync)) ->
             put
         }
         Some(up) => {
-            if up.started() {
-                tracing::info!(
-                    "the snapshot's revision {} is not the {} seen in preflight: uploading it again as {object_key}",
-                    status.revision,
-                    chosen.revision
-                );
-            }
             up.abort().await;
             store.put_file_moving(&object_key, &upload_path).await?
         }

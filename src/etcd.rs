@@ -318,16 +318,6 @@ async fn member_status(
     Ok((ms, alarm_list, member_names))
 }
 
-/// The member's current revision (the header of a `Status` call).
-pub async fn revision(cfg: &EtcdConfig, endpoint: &str) -> Result<i64> {
-    let mut client = connect(cfg, endpoint, Some(cfg.dial_timeout)).await?;
-    let st = client
-        .status()
-        .await
-        .map_err(|e| explain(cfg, endpoint, "status", &e))?;
-    Ok(st.header().map(|h| h.revision()).unwrap_or(0))
-}
-
 /// Status, alarms and members of every endpoint; refuse on alarms or when no member is healthy.
 pub async fn preflight(cfg: &EtcdConfig) -> Result<Preflight> {
     let mut members = Vec::new();

@@ -93,7 +93,9 @@ impl Manifest {
     }
 }
 
-/// `20261122T043330Z-r1234` for a backup taken at `at` with snapshot revision `revision`.
+/// `20261122T043330Z-r1234` for a backup started at `at` when the member was at `revision` (the
+/// preflight revision: the object key is fixed before the snapshot's own revision, which is at
+/// least this and recorded in the manifest, is known).
 pub fn backup_id(at: SystemTime, revision: i64) -> String {
     format!("{}-r{revision}", compact_utc(at))
 }
