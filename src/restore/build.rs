@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 
 use crate::error::{Error, Result};
-use crate::fsutil::{create_dir_private, create_private, fsync_dir, WritebackAhead};
+use crate::fsutil::{create_dir_private, create_private, fsync_dir, DirectWriter};
 use crate::restore::cluster::ClusterPlan;
 use crate::restore::diff::{RestoreDiff, Revision};
 use crate::restore::{snapfile, wal};
@@ -38,11 +38,11 @@ struct Batch {
     entries: Vec<ArenaEntry>,
 }
 
-/// A batch is sent when it holds this many entries or bytes: memory in flight stays ~10 MiB.
+/// A batch is sent when it holds this many entries or bytes: memory in flight stays ~6 MiB.
 const BATCH: usize = 1024;
 const BATCH_BYTES: usize = 1 << 20;
 /// Batches in the channel between the reader and the writer.
-const IN_FLIGHT: usize = 8;
+const IN_FLIGHT: usize = 4;
 
 #[derive(Debug, Clone)]
 pub struct Built {
@@ -242,8 +242,7 @@ pub fn write_db(
     let (recycle, recycled) = sync_channel::<Batch>(IN_FLIGHT + 2);
     let rx = spawn_reader(snapshot.to_path_buf(), source_names, recycled);
 
-    let file = create_private(dest)?;
-    let mut w = BoltWriter::new(WritebackAhead::new(file), src.page_size()).map_err(werr)?;
+    let mut w = BoltWriter::new(DirectWriter::create(dest)?, src.page_size()).map_err(werr)?;
     let mut keys = 0u64;
     for name in &out_names {
         let info = source.iter().find(|b| &b.name == name);
@@ -277,8 +276,12 @@ pub fn write_db(
         w.end_bucket().map_err(werr)?;
     }
     let txid = src.meta().txid.saturating_add(1);
-    let (out, summary) = w.finish_in_place(txid).map_err(werr)?;
-    let file = out.into_inner();
+    let (out, summary) = w.finish(txid).map_err(werr)?;
+    let file = out.finish().map_err(werr)?;
+    {
+        use std::os::unix::fs::FileExt;
+        file.write_all_at(&summary.meta_pages, 0).map_err(werr)?;
+    }
     file.sync_all()
         .map_err(|e| Error::io(format!("fsync of {}", dest.display()), e))?;
     Ok((
