@@ -182,32 +182,42 @@ pub struct DirectWriter {
 }
 
 struct Chunk {
+    /// `mem[start..]` is the data; `mem[start..]` is aligned to [`DirectWriter::ALIGN`] unless the
+    /// vector had to grow (then that chunk is written buffered).
     mem: Vec<u8>,
-    /// `mem[start..]` is aligned to [`DirectWriter::ALIGN`].
     start: usize,
-    len: usize,
     at: u64,
 }
 
 impl Chunk {
     fn new() -> Chunk {
-        let mem = vec![0u8; DirectWriter::CHUNK + DirectWriter::ALIGN];
-        let start = mem.as_ptr().align_offset(DirectWriter::ALIGN);
-        Chunk {
-            mem,
-            start: start.min(DirectWriter::ALIGN),
-            len: 0,
-            at: 0,
-        }
+        let mut mem: Vec<u8> =
+            Vec::with_capacity(DirectWriter::CHUNK + DirectWriter::ALIGN + DirectWriter::SLACK);
+        let start = mem
+            .as_ptr()
+            .align_offset(DirectWriter::ALIGN)
+            .min(DirectWriter::ALIGN);
+        mem.resize(start, 0);
+        Chunk { mem, start, at: 0 }
+    }
+
+    fn len(&self) -> usize {
+        self.mem.len() - self.start
     }
 
     fn data(&self) -> &[u8] {
-        &self.mem[self.start..self.start + self.len]
+        &self.mem[self.start..]
+    }
+
+    fn clear(&mut self) {
+        self.mem.truncate(self.start);
     }
 }
 
 impl DirectWriter {
     const CHUNK: usize = 1 << 20;
+    /// Room past `CHUNK` for the node that crosses it (a bigger one reallocates the chunk).
+    const SLACK: usize = 256 << 10;
     /// Buffer address, length and file offset alignment for `O_DIRECT` (the largest logical
     /// block size in use).
     const ALIGN: usize = 4096;
@@ -265,7 +275,7 @@ impl DirectWriter {
                     }
                     file.write_all_at(&data[aligned..], c.at + aligned as u64)?;
                 }
-                c.len = 0;
+                c.clear();
                 let _ = back_tx.try_send(c);
             }
             if direct {
@@ -284,7 +294,7 @@ impl DirectWriter {
     }
 
     fn send(&mut self) -> std::io::Result<()> {
-        if self.cur.len == 0 {
+        if self.cur.len() == 0 {
             return Ok(());
         }
         let next = match self.back.try_recv() {
@@ -305,7 +315,7 @@ impl DirectWriter {
         };
         let mut full = std::mem::replace(&mut self.cur, next);
         full.at = self.pos;
-        self.pos += full.len as u64;
+        self.pos += full.len() as u64;
         let sent = self.tx.as_ref().map(|tx| tx.send(full).is_ok());
         if sent != Some(true) {
             // The writing thread stopped: its error explains why.
@@ -362,18 +372,31 @@ fn set_direct(f: &File, on: bool) -> std::io::Result<()> {
 
 impl Write for DirectWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let room = Self::CHUNK - self.cur.len;
-        let n = buf.len().min(room);
-        let at = self.cur.start + self.cur.len;
-        self.cur.mem[at..at + n].copy_from_slice(&buf[..n]);
-        self.cur.len += n;
-        if self.cur.len == Self::CHUNK {
+        if self.cur.len() >= Self::CHUNK {
+            self.send()?;
+        }
+        let n = buf.len().min(Self::CHUNK - self.cur.len());
+        self.cur.mem.extend_from_slice(&buf[..n]);
+        if self.cur.len() >= Self::CHUNK {
             self.send()?;
         }
         Ok(n)
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl crate::snapshot::write::PageWrite for DirectWriter {
+    fn lent(&mut self) -> Option<&mut Vec<u8>> {
+        Some(&mut self.cur.mem)
+    }
+
+    fn ship_lent(&mut self) -> std::io::Result<()> {
+        if self.cur.len() >= Self::CHUNK {
+            self.send()?;
+        }
         Ok(())
     }
 }
@@ -492,8 +515,14 @@ mod tests {
             let p = d.path().join(format!("f{len}"));
             let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
             let mut w = DirectWriter::create(&p).unwrap();
-            for piece in data.chunks(70_000) {
-                w.write_all(piece).unwrap();
+            for (i, piece) in data.chunks(70_000).enumerate() {
+                use crate::snapshot::write::PageWrite;
+                if i % 2 == 0 {
+                    w.write_all(piece).unwrap();
+                } else {
+                    w.lent().unwrap().extend_from_slice(piece);
+                    w.ship_lent().unwrap();
+                }
             }
             let f = w.finish().unwrap();
             f.sync_all().unwrap();

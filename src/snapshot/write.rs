@@ -85,8 +85,29 @@ impl WriteSummary {
     }
 }
 
+/// Where the writer's pages go: a `Write`, which may lend a buffer of its own so that nodes are
+/// encoded straight into it (one copy fewer; `fsutil::DirectWriter` does). Without a lent buffer
+/// the writer gathers pages itself and calls `write` with ~1 MiB at a time.
+pub trait PageWrite: Write {
+    /// A buffer to append encoded pages to; what is in it when the writer is done (or when
+    /// `ship_lent` takes it) is the sink's to write.
+    fn lent(&mut self) -> Option<&mut Vec<u8>> {
+        None
+    }
+
+    /// Called after each node appended to the lent buffer: the sink may write out what it holds.
+    fn ship_lent(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl PageWrite for Vec<u8> {}
+impl PageWrite for std::io::Cursor<Vec<u8>> {}
+impl PageWrite for std::fs::File {}
+impl<W: Write> PageWrite for std::io::BufWriter<W> {}
+
 /// Streams a compacted bbolt database to `out`. See the module doc for the protocol.
-pub struct BoltWriter<W: Write> {
+pub struct BoltWriter<W: PageWrite> {
     sink: PageSink<W>,
     root: TreeBuilder,
     open: Option<OpenBucket>,
@@ -97,7 +118,7 @@ pub struct BoltWriter<W: Write> {
 
 /// Nodes are encoded straight into `buf`, which is written out in large `write` calls once it
 /// holds [`SINK_FLUSH`] bytes: no per-node allocation and no second copy through a `BufWriter`.
-struct PageSink<W: Write> {
+struct PageSink<W: PageWrite> {
     out: W,
     buf: Vec<u8>,
     page_size: usize,
@@ -107,9 +128,20 @@ struct PageSink<W: Write> {
 /// Bytes gathered before a `write` call.
 const SINK_FLUSH: usize = 1 << 20;
 
-impl<W: Write> PageSink<W> {
+impl<W: PageWrite> PageSink<W> {
+    /// Where the next node is encoded: the sink's lent buffer, or ours.
+    fn buf(&mut self) -> &mut Vec<u8> {
+        match self.out.lent() {
+            Some(b) => b,
+            None => &mut self.buf,
+        }
+    }
+
     /// Write out what is buffered once it reaches [`SINK_FLUSH`] bytes.
     fn maybe_flush(&mut self) -> std::io::Result<()> {
+        if self.out.lent().is_some() {
+            return self.out.ship_lent();
+        }
         if self.buf.len() >= SINK_FLUSH {
             self.flush_buf()?;
         }
@@ -136,7 +168,7 @@ struct OpenBucket {
     tree: Option<TreeBuilder>,
 }
 
-impl<W: Write> BoltWriter<W> {
+impl<W: PageWrite> BoltWriter<W> {
     /// Start a database: writes the two placeholder meta pages and the empty freelist page.
     pub fn new(out: W, page_size: u32) -> Result<Self, WriteError> {
         if !page_size.is_power_of_two() || !(512..=65536).contains(&page_size) {
@@ -145,12 +177,17 @@ impl<W: Write> BoltWriter<W> {
         let ps = page_size as usize;
         let mut sink = PageSink {
             out,
-            buf: Vec::with_capacity(SINK_FLUSH + 64 * 1024),
+            buf: Vec::new(),
             page_size: ps,
             next_pgid: FIRST_DATA_PAGE,
         };
-        sink.buf.resize(3 * ps, 0);
-        put_page_header(&mut sink.buf[2 * ps..], FREELIST_PAGE, FLAG_FREELIST, 0, 0);
+        if sink.out.lent().is_none() {
+            sink.buf.reserve(SINK_FLUSH + 64 * 1024);
+        }
+        let buf = sink.buf();
+        let at = buf.len();
+        buf.resize(at + 3 * ps, 0);
+        put_page_header(&mut buf[at + 2 * ps..], FREELIST_PAGE, FLAG_FREELIST, 0, 0);
         Ok(BoltWriter {
             sink,
             root: TreeBuilder::default(),
@@ -332,7 +369,7 @@ impl<W: Write> BoltWriter<W> {
     }
 }
 
-impl<W: Write + Seek> BoltWriter<W> {
+impl<W: PageWrite + Seek> BoltWriter<W> {
     /// `finish`, then write the meta pages at offset 0 of the (seekable) sink.
     pub fn finish_in_place(self, txid: u64) -> Result<(W, WriteSummary), WriteError> {
         let (mut out, summary) = self.finish(txid)?;
@@ -397,7 +434,7 @@ impl Pending {
 }
 
 impl TreeBuilder {
-    fn push<W: Write>(
+    fn push<W: PageWrite>(
         &mut self,
         sink: &mut PageSink<W>,
         level: usize,
@@ -442,12 +479,16 @@ impl TreeBuilder {
     }
 
     /// Write the pending node at `level` and push its (first key, pgid) one level up.
-    fn emit<W: Write>(&mut self, sink: &mut PageSink<W>, level: usize) -> Result<(), WriteError> {
+    fn emit<W: PageWrite>(
+        &mut self,
+        sink: &mut PageSink<W>,
+        level: usize,
+    ) -> Result<(), WriteError> {
         let (pgid, first_key) = self.write_level(sink, level)?;
         self.push(sink, level + 1, 0, &first_key, &pgid.to_le_bytes())
     }
 
-    fn write_level<W: Write>(
+    fn write_level<W: PageWrite>(
         &mut self,
         sink: &mut PageSink<W>,
         level: usize,
@@ -456,14 +497,8 @@ impl TreeBuilder {
         let flags = if level == 0 { FLAG_LEAF } else { FLAG_BRANCH };
         let npages = p.size.div_ceil(sink.page_size).max(1);
         let pgid = sink.next_pgid;
-        encode_pending(
-            &mut sink.buf,
-            pgid,
-            flags,
-            p,
-            npages,
-            npages * sink.page_size,
-        )?;
+        let len = npages * sink.page_size;
+        encode_pending(sink.buf(), pgid, flags, p, npages, len)?;
         sink.next_pgid += npages as u64;
         let first_key = p
             .elems
@@ -478,7 +513,7 @@ impl TreeBuilder {
     }
 
     /// Flush every level bottom-up and return the root page id. An empty tree is one empty leaf.
-    fn finish<W: Write>(mut self, sink: &mut PageSink<W>) -> Result<u64, WriteError> {
+    fn finish<W: PageWrite>(mut self, sink: &mut PageSink<W>) -> Result<u64, WriteError> {
         if self.levels.is_empty() {
             self.levels.push(Pending::default());
         }
