@@ -4,8 +4,11 @@
 //! The database is a fresh compacted rewrite: the source is walked bucket by bucket in key order on
 //! a reader thread (pread over a file; no mmap) and streamed in batches through a bounded channel to
 //! the writer, which applies the restore diff (members, consistent index, term, optional revision
-//! bump) on the way. Memory stays bounded by a few batches whatever the DB size, and reading and
-//! writing run on separate cores. Every file and directory is fsynced before returning.
+//! bump) on the way. A batch carries the source leaf nodes as read plus entry offsets into them,
+//! so nothing is copied or allocated per entry; the writer encodes each node straight into the
+//! aligned chunk of a `DirectWriter` (`O_DIRECT`, written by a third thread), so the 0.8 GB db
+//! costs no page-cache copy or writeback work. Memory stays bounded by a few batches and chunks
+//! whatever the DB size. Every file and directory is fsynced before returning.
 
 use std::fs::File;
 use std::io::Write;
