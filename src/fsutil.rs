@@ -163,6 +163,252 @@ impl std::io::Seek for WritebackAhead {
     }
 }
 
+/// A sequential writer for a large new file that bypasses the page cache (`O_DIRECT`): bytes are
+/// gathered into aligned 1 MiB chunks that a second thread writes out while the caller produces the
+/// next ones. Compared with buffered writes this saves the copy into the page cache and the
+/// filesystem's per-page bookkeeping and writeback (a quarter of a restore's CPU time), and the
+/// data is on the disk when `finish` returns. Where `O_DIRECT` is refused (a filesystem without
+/// it, an odd alignment) the same thread falls back to ordinary buffered writes; the tail that is
+/// not a whole number of blocks is always written buffered. Durability still comes from the
+/// caller's fsync (the file's metadata).
+pub struct DirectWriter {
+    cur: Chunk,
+    pos: u64,
+    tx: Option<std::sync::mpsc::SyncSender<Chunk>>,
+    back: std::sync::mpsc::Receiver<Chunk>,
+    /// Chunks allocated so far: at most [`DirectWriter::CHUNKS`] (memory stays ~3 MiB).
+    allocated: usize,
+    worker: Option<std::thread::JoinHandle<std::io::Result<File>>>,
+}
+
+struct Chunk {
+    /// `mem[start..]` is the data; `mem[start..]` is aligned to [`DirectWriter::ALIGN`] unless the
+    /// vector had to grow (then that chunk is written buffered).
+    mem: Vec<u8>,
+    start: usize,
+    at: u64,
+}
+
+impl Chunk {
+    fn new() -> Chunk {
+        let mut mem: Vec<u8> =
+            Vec::with_capacity(DirectWriter::CHUNK + DirectWriter::ALIGN + DirectWriter::SLACK);
+        let start = mem
+            .as_ptr()
+            .align_offset(DirectWriter::ALIGN)
+            .min(DirectWriter::ALIGN);
+        mem.resize(start, 0);
+        Chunk { mem, start, at: 0 }
+    }
+
+    fn len(&self) -> usize {
+        self.mem.len() - self.start
+    }
+
+    fn data(&self) -> &[u8] {
+        &self.mem[self.start..]
+    }
+
+    fn clear(&mut self) {
+        self.mem.truncate(self.start);
+    }
+}
+
+impl DirectWriter {
+    const CHUNK: usize = 1 << 20;
+    /// Room past `CHUNK` for the node that crosses it (a bigger one reallocates the chunk).
+    const SLACK: usize = 256 << 10;
+    /// Buffer address, length and file offset alignment for `O_DIRECT` (the largest logical
+    /// block size in use).
+    const ALIGN: usize = 4096;
+    /// Chunks in all: one being filled, the others queued or being written.
+    const CHUNKS: usize = 3;
+
+    /// Create `path` new, mode 0600, for writing with `O_DIRECT` (plain buffered writes if the
+    /// filesystem refuses it).
+    pub fn create(path: &Path) -> Result<DirectWriter> {
+        let open = |flags| {
+            OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .custom_flags(flags)
+                .open(path)
+        };
+        let file = match open(libc::O_DIRECT) {
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => open(0),
+            r => r,
+        }
+        .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
+        Ok(Self::new(file))
+    }
+
+    /// Over a new, empty file (opened with or without `O_DIRECT`).
+    pub fn new(file: File) -> DirectWriter {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Chunk>(Self::CHUNKS);
+        let (back_tx, back) = std::sync::mpsc::sync_channel::<Chunk>(Self::CHUNKS);
+        let worker = std::thread::spawn(move || -> std::io::Result<File> {
+            use std::os::unix::fs::FileExt;
+            let mut direct = is_direct(&file);
+            for mut c in rx {
+                let data = c.data();
+                let aligned = if direct {
+                    data.len() / Self::ALIGN * Self::ALIGN
+                } else {
+                    0
+                };
+                if aligned > 0 {
+                    match file.write_all_at(&data[..aligned], c.at) {
+                        Ok(()) => {}
+                        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                            set_direct(&file, false)?;
+                            direct = false;
+                            file.write_all_at(&data[..aligned], c.at)?;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                if aligned < data.len() {
+                    if direct {
+                        set_direct(&file, false)?;
+                        direct = false;
+                    }
+                    file.write_all_at(&data[aligned..], c.at + aligned as u64)?;
+                }
+                c.clear();
+                let _ = back_tx.try_send(c);
+            }
+            if direct {
+                set_direct(&file, false)?;
+            }
+            Ok(file)
+        });
+        DirectWriter {
+            cur: Chunk::new(),
+            pos: 0,
+            tx: Some(tx),
+            back,
+            allocated: 1,
+            worker: Some(worker),
+        }
+    }
+
+    fn send(&mut self) -> std::io::Result<()> {
+        if self.cur.len() == 0 {
+            return Ok(());
+        }
+        let next = match self.back.try_recv() {
+            Ok(c) => c,
+            Err(_) if self.allocated < Self::CHUNKS => {
+                self.allocated += 1;
+                Chunk::new()
+            }
+            // Wait for the writing thread to hand one back (it failed if it cannot).
+            Err(_) => match self.back.recv() {
+                Ok(c) => c,
+                Err(_) => {
+                    return Err(self.join().err().unwrap_or_else(|| {
+                        std::io::Error::other("the file writer stopped unexpectedly")
+                    }))
+                }
+            },
+        };
+        let mut full = std::mem::replace(&mut self.cur, next);
+        full.at = self.pos;
+        self.pos += full.len() as u64;
+        let sent = self.tx.as_ref().map(|tx| tx.send(full).is_ok());
+        if sent != Some(true) {
+            // The writing thread stopped: its error explains why.
+            return Err(self
+                .join()
+                .err()
+                .unwrap_or_else(|| std::io::Error::other("the file writer stopped unexpectedly")));
+        }
+        Ok(())
+    }
+
+    fn join(&mut self) -> std::io::Result<File> {
+        self.tx = None;
+        match self.worker.take().map(|w| w.join()) {
+            Some(Ok(r)) => r,
+            Some(Err(_)) => Err(std::io::Error::other("the file writer thread failed")),
+            None => Err(std::io::Error::other("the file writer already finished")),
+        }
+    }
+
+    /// Write out everything and return the file (no longer in `O_DIRECT` mode), not yet fsynced.
+    pub fn finish(mut self) -> std::io::Result<File> {
+        self.send()?;
+        self.join()
+    }
+}
+
+fn is_direct(f: &File) -> bool {
+    use std::os::unix::io::AsRawFd;
+    // SAFETY: F_GETFL on a valid fd only reads the flags.
+    let fl = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_GETFL) };
+    fl >= 0 && fl & libc::O_DIRECT != 0
+}
+
+fn set_direct(f: &File, on: bool) -> std::io::Result<()> {
+    use std::os::unix::io::AsRawFd;
+    // SAFETY: F_GETFL/F_SETFL on a valid fd, changing only the O_DIRECT status flag.
+    unsafe {
+        let fl = libc::fcntl(f.as_raw_fd(), libc::F_GETFL);
+        if fl < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let fl = if on {
+            fl | libc::O_DIRECT
+        } else {
+            fl & !libc::O_DIRECT
+        };
+        if libc::fcntl(f.as_raw_fd(), libc::F_SETFL, fl) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+impl Write for DirectWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.cur.len() >= Self::CHUNK {
+            self.send()?;
+        }
+        let n = buf.len().min(Self::CHUNK - self.cur.len());
+        self.cur.mem.extend_from_slice(&buf[..n]);
+        if self.cur.len() >= Self::CHUNK {
+            self.send()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl crate::snapshot::write::PageWrite for DirectWriter {
+    fn lent(&mut self) -> Option<&mut Vec<u8>> {
+        Some(&mut self.cur.mem)
+    }
+
+    fn ship_lent(&mut self) -> std::io::Result<()> {
+        if self.cur.len() >= Self::CHUNK {
+            self.send()?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for DirectWriter {
+    fn drop(&mut self) {
+        if self.worker.is_some() {
+            let _ = self.join();
+        }
+    }
+}
+
 /// Bytes available to an unprivileged writer on the filesystem holding `path`.
 pub fn free_space(path: &Path) -> Result<u64> {
     use std::os::unix::ffi::OsStrExt;
@@ -260,6 +506,29 @@ mod tests {
             0o600
         );
         assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn direct_writer_writes_every_byte_in_order() {
+        let d = tempfile::tempdir().unwrap();
+        for len in [0usize, 1, 4096, 5000, (1 << 20) + 4096 * 3 + 7, 3 << 20] {
+            let p = d.path().join(format!("f{len}"));
+            let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            let mut w = DirectWriter::create(&p).unwrap();
+            for (i, piece) in data.chunks(70_000).enumerate() {
+                use crate::snapshot::write::PageWrite;
+                if i % 2 == 0 {
+                    w.write_all(piece).unwrap();
+                } else {
+                    w.lent().unwrap().extend_from_slice(piece);
+                    w.ship_lent().unwrap();
+                }
+            }
+            let f = w.finish().unwrap();
+            f.sync_all().unwrap();
+            assert!(!is_direct(&f));
+            assert_eq!(std::fs::read(&p).unwrap(), data, "len {len}");
+        }
     }
 
     #[test]

@@ -4,36 +4,48 @@
 //! The database is a fresh compacted rewrite: the source is walked bucket by bucket in key order on
 //! a reader thread (pread over a file; no mmap) and streamed in batches through a bounded channel to
 //! the writer, which applies the restore diff (members, consistent index, term, optional revision
-//! bump) on the way. Memory stays bounded by a few batches whatever the DB size, and reading and
-//! writing run on separate cores. Every file and directory is fsynced before returning.
+//! bump) on the way. A batch carries the source leaf nodes as read plus entry offsets into them,
+//! so nothing is copied or allocated per entry; the writer encodes each node straight into the
+//! aligned chunk of a `DirectWriter` (`O_DIRECT`, written by a third thread), so the 0.8 GB db
+//! costs no page-cache copy or writeback work. Memory stays bounded by a few batches and chunks
+//! whatever the DB size. Every file and directory is fsynced before returning.
 
 use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 
 use crate::error::{Error, Result};
-use crate::fsutil::{create_dir_private, create_private, fsync_dir};
+use crate::fsutil::{create_dir_private, create_private, fsync_dir, DirectWriter};
 use crate::restore::cluster::ClusterPlan;
 use crate::restore::diff::{RestoreDiff, Revision};
 use crate::restore::{snapfile, wal};
 use crate::snapshot::bolt::BoltFile;
+use crate::snapshot::cursor::ArenaEntry;
 use crate::snapshot::write::BoltWriter;
 
-type Entry = (Vec<u8>, Vec<u8>);
-
-/// What the reader thread sends: the entries of the source buckets, in order, in batches.
+/// What the reader thread sends: the entries of the source buckets, in order, in batches. A
+/// batch is the source's leaf nodes as read (`arena`) and each entry's offsets in it: no copy and
+/// no allocation per entry. The writer hands the buffers back for reuse.
 enum Msg {
-    Batch(Vec<Entry>),
+    Batch(Batch),
     End,
     Failed(String),
 }
 
-/// A batch is sent when it holds this many entries or bytes: memory in flight stays ~8 MiB.
+#[derive(Default)]
+struct Batch {
+    arena: Vec<u8>,
+    entries: Vec<ArenaEntry>,
+}
+
+/// A batch is sent when it holds this many entries or bytes: memory in flight stays ~6 MiB.
 const BATCH: usize = 1024;
 const BATCH_BYTES: usize = 1 << 20;
+/// Batches in the channel between the reader and the writer.
+const IN_FLIGHT: usize = 4;
 
 #[derive(Debug, Clone)]
 pub struct Built {
@@ -60,31 +72,40 @@ fn preallocate(f: &File, len: u64) -> std::io::Result<()> {
 }
 
 /// Read every source bucket in name order, sending its entries and an `End` after each bucket.
-fn spawn_reader(src: PathBuf, names: Vec<Vec<u8>>) -> Receiver<Msg> {
-    let (tx, rx) = sync_channel::<Msg>(8);
+/// Emptied batches come back on `recycled`.
+fn spawn_reader(src: PathBuf, names: Vec<Vec<u8>>, recycled: Receiver<Batch>) -> Receiver<Msg> {
+    let (tx, rx) = sync_channel::<Msg>(IN_FLIGHT);
     std::thread::spawn(move || {
+        let fresh = || {
+            recycled.try_recv().unwrap_or_else(|_| Batch {
+                arena: Vec::with_capacity(BATCH_BYTES + (64 << 10)),
+                entries: Vec::with_capacity(BATCH),
+            })
+        };
         let run = || -> std::result::Result<(), String> {
             let bolt = BoltFile::open(&src).map_err(|e| e.to_string())?;
             let buckets = bolt.buckets().map_err(|e| e.to_string())?;
+            let mut batch = fresh();
             for name in &names {
                 let Some(b) = buckets.iter().find(|b| &b.name == name) else {
                     continue;
                 };
-                let mut batch = Vec::with_capacity(BATCH);
-                let mut batch_bytes = 0usize;
-                bolt.for_each_in(b, |k, v, nested| {
-                    if nested {
+                let Batch { arena, entries } = &mut batch;
+                bolt.for_each_leaf_in(b, arena, |arena, es| {
+                    if let Some(e) = es.iter().find(|e| e.is_bucket) {
                         return Err(crate::snapshot::SnapshotError::Format(format!(
                             "bucket {:?} holds a nested bucket {:?}: not an etcd snapshot",
                             String::from_utf8_lossy(name),
-                            String::from_utf8_lossy(k)
+                            String::from_utf8_lossy(&arena[e.key..e.key + e.klen])
                         )));
                     }
-                    batch.push((k.to_vec(), v.to_vec()));
-                    batch_bytes += k.len() + v.len();
-                    if batch.len() == BATCH || batch_bytes >= BATCH_BYTES {
-                        batch_bytes = 0;
-                        let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
+                    entries.extend_from_slice(es);
+                    if entries.len() >= BATCH || arena.len() >= BATCH_BYTES {
+                        let next = fresh();
+                        let full = Batch {
+                            arena: std::mem::replace(arena, next.arena),
+                            entries: std::mem::replace(entries, next.entries),
+                        };
                         tx.send(Msg::Batch(full)).map_err(|_| {
                             crate::snapshot::SnapshotError::Format("writer stopped".into())
                         })?;
@@ -92,10 +113,12 @@ fn spawn_reader(src: PathBuf, names: Vec<Vec<u8>>) -> Receiver<Msg> {
                     Ok(())
                 })
                 .map_err(|e| e.to_string())?;
-                if !batch.is_empty() {
-                    tx.send(Msg::Batch(batch))
+                if !batch.entries.is_empty() {
+                    let full = std::mem::replace(&mut batch, fresh());
+                    tx.send(Msg::Batch(full))
                         .map_err(|_| "writer stopped".to_string())?;
                 }
+                batch.arena.clear();
                 tx.send(Msg::End)
                     .map_err(|_| "writer stopped".to_string())?;
             }
@@ -108,34 +131,34 @@ fn spawn_reader(src: PathBuf, names: Vec<Vec<u8>>) -> Receiver<Msg> {
     rx
 }
 
-/// The entries of one source bucket, pulled from the reader.
-struct BucketEntries<'a> {
-    rx: &'a Receiver<Msg>,
-    buf: std::vec::IntoIter<Entry>,
-    done: bool,
-}
-
-impl Iterator for BucketEntries<'_> {
-    type Item = std::result::Result<Entry, String>;
-    fn next(&mut self) -> Option<Self::Item> {
-        loop {
-            if let Some(e) = self.buf.next() {
-                return Some(Ok(e));
-            }
-            if self.done {
-                return None;
-            }
-            match self.rx.recv() {
-                Ok(Msg::Batch(b)) => self.buf = b.into_iter(),
-                Ok(Msg::End) => self.done = true,
-                Ok(Msg::Failed(e)) => {
-                    self.done = true;
-                    return Some(Err(e));
+/// Pass every entry of the next source bucket to `put`, in order; returns after its `End`.
+fn for_each_source_entry(
+    rx: &Receiver<Msg>,
+    recycle: &SyncSender<Batch>,
+    mut put: impl FnMut(&[u8], &[u8]) -> Result<()>,
+) -> Result<()> {
+    loop {
+        match rx.recv() {
+            Ok(Msg::Batch(mut b)) => {
+                for e in &b.entries {
+                    let (k, v) = (
+                        &b.arena[e.key..e.key + e.klen],
+                        &b.arena[e.value..e.value + e.vlen],
+                    );
+                    put(k, v)?;
                 }
-                Err(_) => {
-                    self.done = true;
-                    return Some(Err("the snapshot reader stopped unexpectedly".into()));
-                }
+                b.arena.clear();
+                b.entries.clear();
+                let _ = recycle.try_send(b);
+            }
+            Ok(Msg::End) => return Ok(()),
+            Ok(Msg::Failed(e)) => {
+                return Err(Error::Verify(format!("reading the snapshot: {e}")));
+            }
+            Err(_) => {
+                return Err(Error::Verify(
+                    "reading the snapshot: the snapshot reader stopped unexpectedly".into(),
+                ))
             }
         }
     }
@@ -219,34 +242,49 @@ pub fn write_db(
         .filter(|n| source.iter().any(|b| &b.name == *n))
         .cloned()
         .collect();
-    let rx = spawn_reader(snapshot.to_path_buf(), source_names);
+    let (recycle, recycled) = sync_channel::<Batch>(IN_FLIGHT + 2);
+    let rx = spawn_reader(snapshot.to_path_buf(), source_names, recycled);
 
-    let file = create_private(dest)?;
-    let mut w =
-        BoltWriter::new(BufWriter::with_capacity(1 << 20, file), src.page_size()).map_err(werr)?;
+    let mut w = BoltWriter::new(DirectWriter::create(dest)?, src.page_size()).map_err(werr)?;
     let mut keys = 0u64;
     for name in &out_names {
         let info = source.iter().find(|b| &b.name == name);
         w.begin_bucket(name, info.map_or(0, |b| b.sequence))
             .map_err(werr)?;
-        let entries: Box<dyn Iterator<Item = std::result::Result<Entry, String>>> = match info {
-            Some(_) => Box::new(BucketEntries {
-                rx: &rx,
-                buf: Vec::new().into_iter(),
-                done: false,
-            }),
-            None => Box::new(std::iter::empty()),
-        };
-        for e in diff.apply(name, entries) {
-            let (k, v) = e.map_err(|e| Error::Verify(format!("reading the snapshot: {e}")))?;
-            w.put(&k, &v).map_err(werr)?;
+        // The restore diff, merged on the fly: `extra` entries replace source entries with the
+        // same key; `drop_source` buckets keep only `extra` (the source is still read through).
+        let (extra, drop_source) = diff.changes(name);
+        let mut extra = extra.iter().peekable();
+        if info.is_some() {
+            for_each_source_entry(&rx, &recycle, |k, v| {
+                if drop_source {
+                    return Ok(());
+                }
+                while let Some((ek, ev)) = extra.next_if(|(ek, _)| ek.as_slice() <= k) {
+                    w.put(ek, ev).map_err(werr)?;
+                    keys += 1;
+                    if ek.as_slice() == k {
+                        return Ok(());
+                    }
+                }
+                w.put(k, v).map_err(werr)?;
+                keys += 1;
+                Ok(())
+            })?;
+        }
+        for (ek, ev) in extra {
+            w.put(ek, ev).map_err(werr)?;
             keys += 1;
         }
         w.end_bucket().map_err(werr)?;
     }
     let txid = src.meta().txid.saturating_add(1);
-    let (buf, summary) = w.finish_in_place(txid).map_err(werr)?;
-    let file = buf.into_inner().map_err(|e| werr(e.into_error()))?;
+    let (out, summary) = w.finish(txid).map_err(werr)?;
+    let file = out.finish().map_err(werr)?;
+    {
+        use std::os::unix::fs::FileExt;
+        file.write_all_at(&summary.meta_pages, 0).map_err(werr)?;
+    }
     file.sync_all()
         .map_err(|e| Error::io(format!("fsync of {}", dest.display()), e))?;
     Ok((

@@ -168,6 +168,19 @@ impl RestoreDiff {
         names
     }
 
+    /// What restore does to `bucket`: entries to put (sorted; replacing source entries with the
+    /// same key) and whether the source entries are dropped. [`apply`](Self::apply) as data, for
+    /// callers that merge borrowed entries themselves.
+    pub fn changes(&self, bucket: &[u8]) -> (&[Entry], bool) {
+        match bucket {
+            BUCKET_MEMBERS => (&self.members, true),
+            BUCKET_MEMBERS_REMOVED => (&[], true),
+            BUCKET_META => (&self.meta, false),
+            BUCKET_KEY => (&self.key_extra, false),
+            _ => (&[], false),
+        }
+    }
+
     /// Merge one bucket's source entries (ascending) with the diff, in key order. Source
     /// entries of `members` and `members_removed` are consumed and dropped; replaced keys are
     /// dropped in favour of the new value. Source errors are passed through.
@@ -175,13 +188,7 @@ impl RestoreDiff {
     where
         I: Iterator<Item = Result<Entry, E>>,
     {
-        let (extra, drop_source): (&[Entry], bool) = match bucket {
-            BUCKET_MEMBERS => (&self.members, true),
-            BUCKET_MEMBERS_REMOVED => (&[], true),
-            BUCKET_META => (&self.meta, false),
-            BUCKET_KEY => (&self.key_extra, false),
-            _ => (&[], false),
-        };
+        let (extra, drop_source) = self.changes(bucket);
         Merge {
             source: source.peekable(),
             extra,

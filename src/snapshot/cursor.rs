@@ -6,10 +6,10 @@
 //! bounded, so a damaged file (a branch pointing at its ancestor) ends in an error, not a loop.
 //! Keys are checked to ascend, so a consumer can rely on the order.
 
-use std::collections::HashSet;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::bolt::{
     branch_element, discover_page_size, leaf_element, node_pages, select_meta, validate_meta,
@@ -96,6 +96,9 @@ pub fn fill<R: ReadAt + ?Sized>(src: &R, buf: &mut [u8], off: u64) -> std::io::R
 /// What a bucket walk calls for each element: `(key, value, is_bucket)`.
 pub type Visit<'a> = dyn FnMut(&[u8], &[u8], bool) -> Result<(), SnapshotError> + 'a;
 
+/// What the tree walk calls for each leaf node: `(arena, start, at)`, the node is `arena[start..]`.
+type LeafVisit<'a> = dyn FnMut(&mut Vec<u8>, usize, NodeAt) -> Result<(), SnapshotError> + 'a;
+
 /// A top-level bucket of the root bucket.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BucketInfo {
@@ -112,6 +115,9 @@ pub struct BoltFile<R: ReadAt = File> {
     file: R,
     path: String,
     meta: Meta,
+    /// Pages of the last leaf read: the next node is read with that many pages in one `pread`
+    /// (leaves tend to be alike), so most nodes take one system call instead of two.
+    leaf_pages: AtomicU64,
 }
 
 impl BoltFile<File> {
@@ -158,6 +164,7 @@ impl<R: ReadAt> BoltFile<R> {
             file,
             path: name.to_string(),
             meta,
+            leaf_pages: AtomicU64::new(1),
         })
     }
 
@@ -183,6 +190,28 @@ impl<R: ReadAt> BoltFile<R> {
 
     /// The whole node (header page plus overflow pages) at page `id`, fast-checked.
     pub fn read_node(&self, id: u64) -> Result<Vec<u8>, SnapshotError> {
+        let mut buf = Vec::new();
+        self.read_node_into(id, &mut buf)?;
+        Ok(buf)
+    }
+
+    /// [`read_node`](Self::read_node), appended to `buf` (which keeps its capacity between calls:
+    /// no allocation per node). On error `buf` is left as it was.
+    pub fn read_node_into(&self, id: u64, buf: &mut Vec<u8>) -> Result<(), SnapshotError> {
+        let start = buf.len();
+        let r = self.read_node_at_end(id, buf, start);
+        if r.is_err() {
+            buf.truncate(start);
+        }
+        r
+    }
+
+    fn read_node_at_end(
+        &self,
+        id: u64,
+        buf: &mut Vec<u8>,
+        start: usize,
+    ) -> Result<(), SnapshotError> {
         let ps = u64::from(self.meta.page_size);
         let fmt = SnapshotError::Format;
         if id >= self.meta.pgid {
@@ -191,18 +220,32 @@ impl<R: ReadAt> BoltFile<R> {
                 self.meta.pgid
             )));
         }
-        let mut buf = vec![0u8; ps as usize];
-        self.read_exact(&mut buf, id * ps)?;
-        let h = PageHeader::parse(&buf).ok_or_else(|| fmt(format!("page {id}: truncated")))?;
+        // Read as many pages as the last leaf had (at most 16, within the high-water mark), then
+        // what the header says is missing, if anything; extra pages are dropped.
+        let guess = self
+            .leaf_pages
+            .load(Ordering::Relaxed)
+            .clamp(1, 16)
+            .min(self.meta.pgid - id);
+        buf.resize(start + (guess * ps) as usize, 0);
+        self.read_exact(&mut buf[start..], id * ps)?;
+        let h =
+            PageHeader::parse(&buf[start..]).ok_or_else(|| fmt(format!("page {id}: truncated")))?;
         h.fast_check(id)
             .map_err(|e| fmt(format!("page {id}: {e}")))?;
         let pages = node_pages(&h, self.meta.pgid).map_err(fmt)?;
-        if pages > 1 {
-            let total = (pages * ps) as usize;
-            buf.resize(total, 0);
-            self.read_exact(&mut buf[ps as usize..], (id + 1) * ps)?;
+        let total =
+            usize::try_from(pages * ps).map_err(|_| fmt(format!("page {id}: node too large")))?;
+        if pages > guess {
+            buf.resize(start + total, 0);
+            self.read_exact(&mut buf[start + (guess * ps) as usize..], (id + guess) * ps)?;
+        } else {
+            buf.truncate(start + total);
         }
-        Ok(buf)
+        if h.flags == FLAG_LEAF {
+            self.leaf_pages.store(pages, Ordering::Relaxed);
+        }
+        Ok(())
     }
 
     fn read_exact(&self, buf: &mut [u8], off: u64) -> Result<(), SnapshotError> {
@@ -255,63 +298,114 @@ impl<R: ReadAt> BoltFile<R> {
         )
     }
 
+    /// Like [`for_each_in`](Self::for_each_in) but without copying: every leaf node of `bucket`
+    /// is appended to `arena`, then `f(arena, entries)` is called with the node's elements as
+    /// offsets into `arena` (valid until `f` changes the arena; `f` may take or clear it). Keys
+    /// are checked to be strictly ascending, as in `for_each_in`.
+    pub fn for_each_leaf_in(
+        &self,
+        bucket: &BucketInfo,
+        arena: &mut Vec<u8>,
+        mut f: impl FnMut(&mut Vec<u8>, &[ArenaEntry]) -> Result<(), SnapshotError>,
+    ) -> Result<(), SnapshotError> {
+        let mut order = KeyOrder::default();
+        let mut entries: Vec<ArenaEntry> = Vec::new();
+        self.walk_nodes(
+            bucket.root,
+            bucket.inline.as_deref().map(|p| (p, &bucket.name[..])),
+            arena,
+            &mut |arena, start, at| {
+                entries.clear();
+                let node = &arena[start..];
+                let base = node.as_ptr() as usize;
+                let count = PageHeader::parse(node).map_or(0, |h| h.count as usize);
+                for i in 0..count {
+                    let e = leaf_element(node, i, at).map_err(SnapshotError::Format)?;
+                    order.check(e.key, at, i)?;
+                    entries.push(ArenaEntry {
+                        key: start + (e.key.as_ptr() as usize - base),
+                        klen: e.key.len(),
+                        value: start + (e.value.as_ptr() as usize - base),
+                        vlen: e.value.len(),
+                        is_bucket: e.is_bucket(),
+                    });
+                }
+                f(arena, &entries)
+            },
+        )
+    }
+
     fn walk(
         &self,
         root: u64,
         inline: Option<(&[u8], &[u8])>,
         f: &mut Visit,
     ) -> Result<(), SnapshotError> {
-        let mut last_key: Option<Vec<u8>> = None;
-        let mut emit = |at: NodeAt, node: &[u8]| -> Result<(), SnapshotError> {
+        let mut order = KeyOrder::default();
+        let mut arena = Vec::new();
+        self.walk_nodes(root, inline, &mut arena, &mut |arena, start, at| {
+            let node = &arena[start..];
             let count = PageHeader::parse(node).map_or(0, |h| h.count as usize);
             for i in 0..count {
                 let e = leaf_element(node, i, at).map_err(SnapshotError::Format)?;
-                if let Some(prev) = &last_key {
-                    if prev.as_slice() >= e.key {
-                        return Err(SnapshotError::Format(format!(
-                            "{at}: element {i} key is not above the previous key"
-                        )));
-                    }
-                }
-                last_key = Some(e.key.to_vec());
+                order.check(e.key, at, i)?;
                 f(e.key, e.value, e.is_bucket())?;
             }
+            arena.truncate(start);
             Ok(())
-        };
+        })
+    }
+
+    /// The tree walk: every leaf node, in key order, is appended to `arena` and handed to
+    /// `leaf(arena, start, at)` (the node is `arena[start..]`). Branch nodes are kept on a stack.
+    fn walk_nodes(
+        &self,
+        root: u64,
+        inline: Option<(&[u8], &[u8])>,
+        arena: &mut Vec<u8>,
+        leaf: &mut LeafVisit,
+    ) -> Result<(), SnapshotError> {
         if let Some((page, name)) = inline {
-            return emit(NodeAt::Inline(name), page);
+            let start = arena.len();
+            arena.extend_from_slice(page);
+            return leaf(arena, start, NodeAt::Inline(name));
         }
-        let mut visited = HashSet::new();
+        // Pages visited in this walk, one bit each (pgid is bounded by the file size).
+        let mut visited = vec![0u64; usize::try_from(self.meta.pgid / 64 + 1).unwrap_or(0)];
         // Stack of (node bytes, page id, next child index) for branch nodes being walked.
         let mut stack: Vec<(Vec<u8>, u64, usize)> = Vec::new();
         let mut next = Some(root);
         loop {
             if let Some(id) = next.take() {
-                if !visited.insert(id) {
-                    return Err(SnapshotError::Format(format!(
-                        "page {id}: reached twice in one bucket (a loop in the tree)"
-                    )));
+                let (word, bit) = ((id / 64) as usize, 1u64 << (id % 64));
+                if let Some(w) = visited.get_mut(word) {
+                    if *w & bit != 0 {
+                        return Err(SnapshotError::Format(format!(
+                            "page {id}: reached twice in one bucket (a loop in the tree)"
+                        )));
+                    }
+                    *w |= bit;
                 }
                 if stack.len() >= MAX_DEPTH {
                     return Err(SnapshotError::Format(format!(
                         "page {id}: tree deeper than {MAX_DEPTH} levels"
                     )));
                 }
-                let node = self.read_node(id)?;
-                let h = PageHeader::parse(&node).unwrap_or(PageHeader {
-                    id,
-                    flags: 0,
-                    count: 0,
-                    overflow: 0,
-                });
-                match h.flags {
-                    FLAG_LEAF => emit(NodeAt::Page(id), &node)?,
-                    FLAG_BRANCH => stack.push((node, id, 0)),
+                let start = arena.len();
+                self.read_node_into(id, arena)?;
+                let flags = PageHeader::parse(&arena[start..]).map_or(0, |h| h.flags);
+                match flags {
+                    FLAG_LEAF => leaf(arena, start, NodeAt::Page(id))?,
+                    FLAG_BRANCH => {
+                        stack.push((arena[start..].to_vec(), id, 0));
+                        arena.truncate(start);
+                    }
                     _ => {
+                        arena.truncate(start);
                         return Err(SnapshotError::Format(format!(
                             "page {id}: invalid type: {} in a bucket tree",
-                            h.type_name()
-                        )))
+                            super::bolt::page_type_name(flags)
+                        )));
                     }
                 }
             }
@@ -327,6 +421,38 @@ impl<R: ReadAt> BoltFile<R> {
             *idx += 1;
             next = Some(e.child);
         }
+    }
+}
+
+/// A leaf element appended to an arena by [`BoltFile::for_each_leaf_in`]: `arena[key..key + klen]`
+/// and `arena[value..value + vlen]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ArenaEntry {
+    pub key: usize,
+    pub klen: usize,
+    pub value: usize,
+    pub vlen: usize,
+    pub is_bucket: bool,
+}
+
+/// Checks that keys ascend strictly across a walk (one reused buffer, no allocation per key).
+#[derive(Default)]
+struct KeyOrder {
+    last: Vec<u8>,
+    seen: bool,
+}
+
+impl KeyOrder {
+    fn check(&mut self, key: &[u8], at: NodeAt, i: usize) -> Result<(), SnapshotError> {
+        if self.seen && self.last.as_slice() >= key {
+            return Err(SnapshotError::Format(format!(
+                "{at}: element {i} key is not above the previous key"
+            )));
+        }
+        self.seen = true;
+        self.last.clear();
+        self.last.extend_from_slice(key);
+        Ok(())
     }
 }
 

@@ -97,34 +97,41 @@ pub fn scan_in_chunks<R: ReadAt + ?Sized>(
     let meta = select_meta(m0, m1)?;
     validate_meta(&meta, page_size, db_len)?;
 
-    let (nodes, freelist, db_sha256, file_sha256) = std::thread::scope(|scope| {
-        let (chunk_tx, chunk_rx) = sync_channel::<(Arc<Vec<u8>>, usize)>(BUFFERS);
-        let (back_tx, back_rx) = sync_channel::<Arc<Vec<u8>>>(BUFFERS);
-        let hasher = scope.spawn(move || hash_chunks(chunk_rx, back_tx, db_len));
-        let parsed = read_and_parse(src, file_len, &meta, chunk_bytes, chunk_tx, back_rx);
-        let parsed = parsed.map_err(|e| match e {
-            ReadError::Io(e) => io(e),
-            ReadError::Format(m) => SnapshotError::Format(m),
-        });
-        let digests = hasher
-            .join()
-            .map_err(|_| SnapshotError::Format("the sha256 thread failed".into()));
-        let ((nodes, freelist), (db, file)) = (parsed?, digests?);
-        Ok((nodes, freelist, db, file))
-    })?;
-
+    // The sha256 thread trails the reader: the tree check and the status run while it finishes.
     let reload = |id: u64| reload_node(src, &meta, id);
-    let integrity_errors = check(&meta, &freelist, &nodes, &reload);
-    let mut status = Status {
-        total_size: meta.pgid * ps,
-        ..Status::default()
-    };
-    let mut v36_problem = None;
-    if integrity_errors.is_empty() {
-        let (s, p) = status::compute(&meta, &nodes).map_err(SnapshotError::Format)?;
-        status = s;
-        v36_problem = p;
-    }
+    let (integrity_errors, status, v36_problem, db_sha256, file_sha256) =
+        std::thread::scope(|scope| {
+            let (chunk_tx, chunk_rx) = sync_channel::<(Arc<Vec<u8>>, usize)>(BUFFERS);
+            let (back_tx, back_rx) = sync_channel::<Arc<Vec<u8>>>(BUFFERS);
+            let hasher = scope.spawn(move || hash_chunks(chunk_rx, back_tx, db_len));
+            let parsed = read_and_parse(src, file_len, &meta, chunk_bytes, chunk_tx, back_rx);
+            let analysed = parsed
+                .map_err(|e| match e {
+                    ReadError::Io(e) => io(e),
+                    ReadError::Format(m) => SnapshotError::Format(m),
+                })
+                .and_then(|(nodes, freelist)| {
+                    let integrity_errors = check(&meta, &freelist, &nodes, &reload);
+                    let mut status = Status {
+                        total_size: meta.pgid * ps,
+                        ..Status::default()
+                    };
+                    let mut v36_problem = None;
+                    if integrity_errors.is_empty() {
+                        let (s, p) =
+                            status::compute(&meta, &nodes).map_err(SnapshotError::Format)?;
+                        status = s;
+                        v36_problem = p;
+                    }
+                    Ok((integrity_errors, status, v36_problem))
+                });
+            let digests = hasher
+                .join()
+                .map_err(|_| SnapshotError::Format("the sha256 thread failed".into()));
+            let ((errors, status, v36), (db, file)) = (analysed?, digests?);
+            Ok((errors, status, v36, db, file))
+        })?;
+
     let trailer = if db_len == file_len {
         Trailer::Absent
     } else {

@@ -85,8 +85,29 @@ impl WriteSummary {
     }
 }
 
+/// Where the writer's pages go: a `Write`, which may lend a buffer of its own so that nodes are
+/// encoded straight into it (one copy fewer; `fsutil::DirectWriter` does). Without a lent buffer
+/// the writer gathers pages itself and calls `write` with ~1 MiB at a time.
+pub trait PageWrite: Write {
+    /// A buffer to append encoded pages to; what is in it when the writer is done (or when
+    /// `ship_lent` takes it) is the sink's to write.
+    fn lent(&mut self) -> Option<&mut Vec<u8>> {
+        None
+    }
+
+    /// Called after each node appended to the lent buffer: the sink may write out what it holds.
+    fn ship_lent(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl PageWrite for Vec<u8> {}
+impl PageWrite for std::io::Cursor<Vec<u8>> {}
+impl PageWrite for std::fs::File {}
+impl<W: Write> PageWrite for std::io::BufWriter<W> {}
+
 /// Streams a compacted bbolt database to `out`. See the module doc for the protocol.
-pub struct BoltWriter<W: Write> {
+pub struct BoltWriter<W: PageWrite> {
     sink: PageSink<W>,
     root: TreeBuilder,
     open: Option<OpenBucket>,
@@ -95,10 +116,45 @@ pub struct BoltWriter<W: Write> {
     keys: u64,
 }
 
-struct PageSink<W: Write> {
+/// Nodes are encoded straight into `buf`, which is written out in large `write` calls once it
+/// holds [`SINK_FLUSH`] bytes: no per-node allocation and no second copy through a `BufWriter`.
+struct PageSink<W: PageWrite> {
     out: W,
+    buf: Vec<u8>,
     page_size: usize,
     next_pgid: u64,
+}
+
+/// Bytes gathered before a `write` call.
+const SINK_FLUSH: usize = 1 << 20;
+
+impl<W: PageWrite> PageSink<W> {
+    /// Where the next node is encoded: the sink's lent buffer, or ours.
+    fn buf(&mut self) -> &mut Vec<u8> {
+        match self.out.lent() {
+            Some(b) => b,
+            None => &mut self.buf,
+        }
+    }
+
+    /// Write out what is buffered once it reaches [`SINK_FLUSH`] bytes.
+    fn maybe_flush(&mut self) -> std::io::Result<()> {
+        if self.out.lent().is_some() {
+            return self.out.ship_lent();
+        }
+        if self.buf.len() >= SINK_FLUSH {
+            self.flush_buf()?;
+        }
+        Ok(())
+    }
+
+    fn flush_buf(&mut self) -> std::io::Result<()> {
+        if !self.buf.is_empty() {
+            self.out.write_all(&self.buf)?;
+            self.buf.clear();
+        }
+        Ok(())
+    }
 }
 
 struct OpenBucket {
@@ -112,7 +168,7 @@ struct OpenBucket {
     tree: Option<TreeBuilder>,
 }
 
-impl<W: Write> BoltWriter<W> {
+impl<W: PageWrite> BoltWriter<W> {
     /// Start a database: writes the two placeholder meta pages and the empty freelist page.
     pub fn new(out: W, page_size: u32) -> Result<Self, WriteError> {
         if !page_size.is_power_of_two() || !(512..=65536).contains(&page_size) {
@@ -121,12 +177,17 @@ impl<W: Write> BoltWriter<W> {
         let ps = page_size as usize;
         let mut sink = PageSink {
             out,
+            buf: Vec::new(),
             page_size: ps,
             next_pgid: FIRST_DATA_PAGE,
         };
-        let mut head = vec![0u8; 3 * ps];
-        put_page_header(&mut head[2 * ps..], FREELIST_PAGE, FLAG_FREELIST, 0, 0);
-        sink.out.write_all(&head)?;
+        if sink.out.lent().is_none() {
+            sink.buf.reserve(SINK_FLUSH + 64 * 1024);
+        }
+        let buf = sink.buf();
+        let at = buf.len();
+        buf.resize(at + 3 * ps, 0);
+        put_page_header(&mut buf[at + 2 * ps..], FREELIST_PAGE, FLAG_FREELIST, 0, 0);
         Ok(BoltWriter {
             sink,
             root: TreeBuilder::default(),
@@ -291,6 +352,7 @@ impl<W: Write> BoltWriter<W> {
             let sum = fnv1a64(&m[0..56]);
             m[56..64].copy_from_slice(&sum.to_le_bytes());
         }
+        self.sink.flush_buf()?;
         self.sink.out.flush()?;
         Ok((
             self.sink.out,
@@ -307,7 +369,7 @@ impl<W: Write> BoltWriter<W> {
     }
 }
 
-impl<W: Write + Seek> BoltWriter<W> {
+impl<W: PageWrite + Seek> BoltWriter<W> {
     /// `finish`, then write the meta pages at offset 0 of the (seekable) sink.
     pub fn finish_in_place(self, txid: u64) -> Result<(W, WriteSummary), WriteError> {
         let (mut out, summary) = self.finish(txid)?;
@@ -337,12 +399,32 @@ struct TreeBuilder {
     levels: Vec<Pending>,
 }
 
-#[derive(Default)]
+/// The node being filled at one level: element sizes plus their bytes laid out exactly as in the
+/// node's data area (leaf: key then value, per element; branch: the keys), so writing the node is
+/// one header, one element table and one copy of `data`.
 struct Pending {
-    /// (flags, key, value) for leaves; (0, key, pgid as 8 LE bytes) for branches.
-    elems: Vec<(u32, Vec<u8>, Vec<u8>)>,
+    elems: Vec<PendingElem>,
+    data: Vec<u8>,
     /// `16 + Σ element sizes`.
     size: usize,
+}
+
+#[derive(Clone, Copy)]
+struct PendingElem {
+    flags: u32,
+    ksize: usize,
+    /// Value length (leaves) or child pgid (branches).
+    value: u64,
+}
+
+impl Default for Pending {
+    fn default() -> Self {
+        Pending {
+            elems: Vec::new(),
+            data: Vec::new(),
+            size: PAGE_HEADER,
+        }
+    }
 }
 
 impl Pending {
@@ -352,7 +434,7 @@ impl Pending {
 }
 
 impl TreeBuilder {
-    fn push<W: Write>(
+    fn push<W: PageWrite>(
         &mut self,
         sink: &mut PageSink<W>,
         level: usize,
@@ -361,10 +443,7 @@ impl TreeBuilder {
         value: &[u8],
     ) -> Result<(), WriteError> {
         if self.levels.len() <= level {
-            self.levels.resize_with(level + 1, || Pending {
-                elems: Vec::new(),
-                size: PAGE_HEADER,
-            });
+            self.levels.resize_with(level + 1, Pending::default);
         }
         let esize = Pending::elem_size(level, key, value);
         let full = {
@@ -381,55 +460,62 @@ impl TreeBuilder {
             self.emit(sink, level)?;
         }
         let p = &mut self.levels[level];
-        p.elems.push((flags, key.to_vec(), value.to_vec()));
+        p.data.extend_from_slice(key);
+        let value = if level == 0 {
+            p.data.extend_from_slice(value);
+            value.len() as u64
+        } else {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(value);
+            u64::from_le_bytes(b)
+        };
+        p.elems.push(PendingElem {
+            flags,
+            ksize: key.len(),
+            value,
+        });
         p.size += esize;
         Ok(())
     }
 
     /// Write the pending node at `level` and push its (first key, pgid) one level up.
-    fn emit<W: Write>(&mut self, sink: &mut PageSink<W>, level: usize) -> Result<(), WriteError> {
+    fn emit<W: PageWrite>(
+        &mut self,
+        sink: &mut PageSink<W>,
+        level: usize,
+    ) -> Result<(), WriteError> {
         let (pgid, first_key) = self.write_level(sink, level)?;
         self.push(sink, level + 1, 0, &first_key, &pgid.to_le_bytes())
     }
 
-    fn write_level<W: Write>(
+    fn write_level<W: PageWrite>(
         &mut self,
         sink: &mut PageSink<W>,
         level: usize,
     ) -> Result<(u64, Vec<u8>), WriteError> {
-        let p = std::mem::replace(
-            &mut self.levels[level],
-            Pending {
-                elems: Vec::new(),
-                size: PAGE_HEADER,
-            },
-        );
+        let p = &mut self.levels[level];
         let flags = if level == 0 { FLAG_LEAF } else { FLAG_BRANCH };
-        let elems: Vec<Elem<'_>> = p
-            .elems
-            .iter()
-            .map(|(f, k, v)| Elem {
-                flags: *f,
-                key: k,
-                value: v,
-            })
-            .collect();
         let npages = p.size.div_ceil(sink.page_size).max(1);
         let pgid = sink.next_pgid;
-        let bytes = encode_node(pgid, flags, &elems, npages, npages * sink.page_size)?;
-        sink.out.write_all(&bytes)?;
+        let len = npages * sink.page_size;
+        encode_pending(sink.buf(), pgid, flags, p, npages, len)?;
         sink.next_pgid += npages as u64;
-        let first_key = p.elems.into_iter().next().map(|e| e.1).unwrap_or_default();
+        let first_key = p
+            .elems
+            .first()
+            .map(|e| p.data[..e.ksize].to_vec())
+            .unwrap_or_default();
+        p.elems.clear();
+        p.data.clear();
+        p.size = PAGE_HEADER;
+        sink.maybe_flush()?;
         Ok((pgid, first_key))
     }
 
     /// Flush every level bottom-up and return the root page id. An empty tree is one empty leaf.
-    fn finish<W: Write>(mut self, sink: &mut PageSink<W>) -> Result<u64, WriteError> {
+    fn finish<W: PageWrite>(mut self, sink: &mut PageSink<W>) -> Result<u64, WriteError> {
         if self.levels.is_empty() {
-            self.levels.push(Pending {
-                elems: Vec::new(),
-                size: PAGE_HEADER,
-            });
+            self.levels.push(Pending::default());
         }
         let mut level = 0;
         loop {
@@ -438,10 +524,7 @@ impl TreeBuilder {
                 let p = &self.levels[level];
                 if level > 0 && p.elems.len() == 1 {
                     // A single child: it is the root.
-                    let child = &p.elems[0].2;
-                    let mut b = [0u8; 8];
-                    b.copy_from_slice(child);
-                    return Ok(u64::from_le_bytes(b));
+                    return Ok(p.elems[0].value);
                 }
                 return Ok(self.write_level(sink, level)?.0);
             }
@@ -451,6 +534,55 @@ impl TreeBuilder {
             level += 1;
         }
     }
+}
+
+/// Append the node image of `p` to `out`: header, element table, `p.data`, zero padding to `len`
+/// bytes (`npages` pages). Byte-identical to [`encode_node`] over the same elements.
+fn encode_pending(
+    out: &mut Vec<u8>,
+    pgid: u64,
+    flags: u16,
+    p: &Pending,
+    npages: usize,
+    len: usize,
+) -> Result<(), WriteError> {
+    let too_big = || WriteError::Misuse("node larger than 4 GiB");
+    let count =
+        u16::try_from(p.elems.len()).map_err(|_| WriteError::Misuse("too many elements"))?;
+    let overflow = u32::try_from(npages - 1).map_err(|_| too_big())?;
+    let table = PAGE_HEADER + ELEMENT * p.elems.len();
+    if table + p.data.len() > len {
+        return Err(WriteError::Misuse("node size miscomputed"));
+    }
+    out.reserve(len);
+    let start = out.len();
+    let mut header = [0u8; PAGE_HEADER];
+    put_page_header(&mut header, pgid, flags, count, overflow);
+    out.extend_from_slice(&header);
+    let mut data = table;
+    for (i, e) in p.elems.iter().enumerate() {
+        let at = PAGE_HEADER + ELEMENT * i;
+        let pos = u32::try_from(data - at).map_err(|_| too_big())?;
+        let ksize = u32::try_from(e.ksize).map_err(|_| too_big())?;
+        let mut el = [0u8; ELEMENT];
+        if flags == FLAG_LEAF {
+            let vsize = u32::try_from(e.value).map_err(|_| too_big())?;
+            el[0..4].copy_from_slice(&e.flags.to_le_bytes());
+            el[4..8].copy_from_slice(&pos.to_le_bytes());
+            el[8..12].copy_from_slice(&ksize.to_le_bytes());
+            el[12..16].copy_from_slice(&vsize.to_le_bytes());
+            data += e.ksize + vsize as usize;
+        } else {
+            el[0..4].copy_from_slice(&pos.to_le_bytes());
+            el[4..8].copy_from_slice(&ksize.to_le_bytes());
+            el[8..16].copy_from_slice(&e.value.to_le_bytes());
+            data += e.ksize;
+        }
+        out.extend_from_slice(&el);
+    }
+    out.extend_from_slice(&p.data);
+    out.resize(start + len, 0);
+    Ok(())
 }
 
 /// A leaf or branch node image: header, elements, then the key/value data, zero-padded to `len`
