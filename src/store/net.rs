@@ -188,15 +188,17 @@ mod tests {
     async fn watchdog_fires_only_when_idle() {
         let a = Activity::new();
         a.touch();
-        let idle = Duration::from_millis(100);
+        // Generous margins (touches 10x more often than `idle`) so a loaded CI machine cannot
+        // stretch a touch interval past `idle`.
+        let idle = Duration::from_millis(500);
         assert_eq!(until_stalled(async { 7 }, &a, idle).await, Some(7));
         let stalled = until_stalled(std::future::pending::<()>(), &a, idle).await;
         assert!(stalled.is_none());
         // Progress keeps it alive past `idle`.
         let a2 = a.clone();
         let busy = async move {
-            for _ in 0..6 {
-                tokio::time::sleep(Duration::from_millis(40)).await;
+            for _ in 0..15 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
                 a2.touch();
             }
             1
