@@ -320,3 +320,70 @@ async fn complete_refuses_what_s3_refuses_and_keeps_the_upload() {
         .await
         .is_err());
 }
+
+/// Parts arriving out of order, and a part uploaded again after the server had already appended it
+/// to its staged object: the completed object is still exactly the listed parts' bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_order_and_reuploaded_parts_complete_to_the_listed_bytes() {
+    let server = Server::start().await;
+    let client = server.client(SK);
+    for (key, order, again) in [("ooo", [2, 3, 1], None), ("again", [1, 2, 3], Some(1))] {
+        let id = client
+            .create_multipart_upload()
+            .bucket(BUCKET)
+            .key(key)
+            .send()
+            .await
+            .unwrap()
+            .upload_id
+            .unwrap();
+        let mut parts = [data(PART, 11), data(PART, 12), data(777, 13)];
+        let mut e_tags = vec![String::new(); 3];
+        let mut sends: Vec<i32> = order.to_vec();
+        if let Some(n) = again {
+            sends.push(n);
+        }
+        for (i, n) in sends.iter().enumerate() {
+            let idx = *n as usize - 1;
+            if i >= 3 {
+                parts[idx] = data(PART, 99); // the second upload of that part
+            }
+            let r = client
+                .upload_part()
+                .bucket(BUCKET)
+                .key(key)
+                .upload_id(&id)
+                .part_number(*n)
+                .body(ByteStream::from(parts[idx].clone()))
+                .send()
+                .await
+                .unwrap();
+            e_tags[idx] = r.e_tag.unwrap();
+        }
+        let list = (1..=3).map(|n| {
+            CompletedPart::builder()
+                .part_number(n)
+                .e_tag(e_tags[n as usize - 1].as_str())
+                .build()
+        });
+        let r = client
+            .complete_multipart_upload()
+            .bucket(BUCKET)
+            .key(key)
+            .upload_id(&id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(list.collect()))
+                    .build(),
+            )
+            .send()
+            .await
+            .unwrap();
+        let whole = parts.concat();
+        assert_eq!(r.e_tag.unwrap(), multipart_etag(&whole, PART), "{key}");
+        let g = client.get_object().bucket(BUCKET).key(key).send().await;
+        let got = g.unwrap().body.collect().await.unwrap().into_bytes();
+        assert!(got == whole, "{key}: wrong bytes");
+        assert_eq!(server.leftovers(), Vec::<String>::new(), "{key}");
+    }
+}

@@ -4,11 +4,13 @@
 //! part arrived, and it dominated the benchmark (`bench/backup.sh`). Real S3 copies nothing on
 //! completion: its multipart ETag is the MD5 of the concatenated binary MD5s of the parts plus
 //! `-<part count>`, computed from the parts' MD5s, not from the data. So here every UploadPart's
-//! MD5 (the ETag s3s-fs answers) is remembered, and completion checks the part list the way S3
-//! does (ascending part numbers, ETags that match what was stored, 5 MiB minimum but for the
-//! last part), concatenates the part files in the kernel (`copy_file_range`, no fsync), and writes
-//! the ETag where s3s-fs keeps it, so GET/HEAD/LIST/DELETE of the object are s3s-fs's own.
-//! Every other operation is s3s-fs's, and SigV4 is checked in front of all of them as before.
+//! MD5 (the ETag s3s-fs answers) is remembered, and the parts that continue 1, 2, … are appended
+//! to a staged object file as they arrive (`copy_file_range`, no fsync). Completion checks the part
+//! list the way S3 does (ascending part numbers, ETags that match what was stored, 5 MiB minimum
+//! but for the last part); when the list is exactly what was staged it is a rename, otherwise the
+//! listed part files are concatenated then (in the kernel too). The ETag goes where s3s-fs keeps
+//! it, so GET/HEAD/LIST/DELETE of the object are s3s-fs's own. Every other operation is s3s-fs's,
+//! and SigV4 is checked in front of all of them as before.
 //!
 //! The on-disk layout this relies on (s3s-fs 0.14, pinned in Cargo.toml), below the root:
 //! `<bucket>/<key>` the object; `.upload-<id>.json` the upload (JSON of its access key);
@@ -22,7 +24,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
 use std::path::{Component, Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use s3s::crypto::{Checksum, Md5};
 use s3s::dto::*;
@@ -35,9 +37,27 @@ pub struct LoopbackFs {
     inner: s3s_fs::FileSystem,
     /// The root as s3s-fs resolved it (absolute, canonical).
     root: PathBuf,
-    /// Binary MD5 of every stored part, by upload id and part number (what UploadPart answered).
-    /// A part this server did not see being stored (it was restarted) is hashed from its file.
-    part_md5s: Mutex<HashMap<String, BTreeMap<i32, [u8; 16]>>>,
+    /// The multipart uploads this server saw parts of, by upload id.
+    uploads: Arc<Mutex<HashMap<String, Upload>>>,
+}
+
+#[derive(Default)]
+struct Upload {
+    /// Binary MD5 of every stored part, by part number (what UploadPart answered). A part this
+    /// server did not see being stored (it was restarted) is hashed from its file.
+    md5s: BTreeMap<i32, [u8; 16]>,
+    staged: Arc<Mutex<Staged>>,
+}
+
+/// Parts 1, 2, … appended to one file as they arrive (`copy_file_range`), so that completing with
+/// exactly those parts is a rename, as cheap as S3's completion. Anything else (a gap, a part
+/// uploaded again after it was staged, a different list) falls back to concatenating at completion.
+#[derive(Default)]
+struct Staged {
+    file: Option<std::fs::File>,
+    /// (part number, MD5) of what the file holds, in order.
+    parts: Vec<(i32, [u8; 16])>,
+    broken: bool,
 }
 
 impl LoopbackFs {
@@ -51,7 +71,7 @@ impl LoopbackFs {
         Ok(LoopbackFs {
             inner,
             root,
-            part_md5s: Mutex::new(HashMap::new()),
+            uploads: Arc::default(),
         })
     }
 
@@ -61,7 +81,7 @@ impl LoopbackFs {
     ) -> S3Result<S3Response<UploadPartOutput>> {
         let (id, n) = (req.input.upload_id.clone(), req.input.part_number);
         let resp = self.inner.upload_part(req).await?;
-        self.record(id, n, resp.output.e_tag.as_ref());
+        self.record(id, n, resp.output.e_tag.as_ref()).await;
         Ok(resp)
     }
 
@@ -72,18 +92,21 @@ impl LoopbackFs {
         let (id, n) = (req.input.upload_id.clone(), req.input.part_number);
         let resp = self.inner.upload_part_copy(req).await?;
         let e_tag = resp.output.copy_part_result.as_ref();
-        self.record(id, n, e_tag.and_then(|r| r.e_tag.as_ref()));
+        self.record(id, n, e_tag.and_then(|r| r.e_tag.as_ref()))
+            .await;
         Ok(resp)
     }
 
-    fn record(&self, upload_id: String, part: i32, e_tag: Option<&ETag>) {
+    /// Remember a stored part's MD5 and append whatever now continues the staged file.
+    async fn record(&self, upload_id: String, part: i32, e_tag: Option<&ETag>) {
         let mut md5 = [0u8; 16];
-        if let Some(e) = e_tag {
-            if hex::decode_to_slice(e.value(), &mut md5).is_ok() {
-                let mut all = self.part_md5s.lock().unwrap();
-                all.entry(upload_id).or_default().insert(part, md5);
-            }
+        let Some(e) = e_tag else { return };
+        if hex::decode_to_slice(e.value(), &mut md5).is_err() {
+            return;
         }
+        let (root, uploads) = (self.root.clone(), self.uploads.clone());
+        let _ = tokio::task::spawn_blocking(move || stage(&root, &uploads, &upload_id, part, md5))
+            .await;
     }
 
     async fn abort_forgetting(
@@ -92,7 +115,7 @@ impl LoopbackFs {
     ) -> S3Result<S3Response<AbortMultipartUploadOutput>> {
         let id = req.input.upload_id.clone();
         let resp = self.inner.abort_multipart_upload(req).await?;
-        self.part_md5s.lock().unwrap().remove(&id);
+        self.forget(&id);
         Ok(resp)
     }
 
@@ -155,9 +178,12 @@ impl LoopbackFs {
         }
 
         // The part list, checked the way S3 checks it; the upload stays open when it is refused.
-        let known = self.part_md5s.lock().unwrap().get(&upload_id).cloned();
-        let known = known.unwrap_or_default();
+        let (known, staged) = match self.uploads.lock().unwrap().get(&upload_id) {
+            Some(u) => (u.md5s.clone(), Some(u.staged.clone())),
+            None => Default::default(),
+        };
         let mut files = Vec::with_capacity(parts.len());
+        let mut listed = Vec::with_capacity(parts.len());
         let mut etag_md5 = Md5::new();
         let mut last = 0;
         for part in &parts {
@@ -181,6 +207,7 @@ impl LoopbackFs {
                 return Err(s3_error!(InvalidPart, "part {n}: ETag does not match"));
             }
             etag_md5.update(&md5);
+            listed.push((n, md5));
             files.push((n, file, meta.len()));
         }
         if let Some((n, ..)) = files[..files.len() - 1].iter().find(|f| f.2 < MIN_PART) {
@@ -188,17 +215,28 @@ impl LoopbackFs {
         }
         let e_tag = format!("{}-{}", hex::encode(etag_md5.finalize()), parts.len());
 
-        // The object: the parts concatenated in the kernel, then renamed into place.
+        // The object: the staged file if it holds exactly the listed parts, else the parts
+        // concatenated in the kernel now; renamed into place.
         let tmp = self
             .root
             .join(format!(".tmp.lifeboat-{upload_id}.internal.part"));
+        let staged_path = staging_path(&self.root, &upload_id);
         let (tmp2, object2) = (tmp.clone(), object.clone());
         let concat = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-            let mut out = std::fs::File::create(&tmp2)?;
-            for (_, f, _) in &files {
-                std::io::copy(&mut std::fs::File::open(f)?, &mut out)?;
+            let ready = staged.is_some_and(|st| {
+                let mut st = st.lock().unwrap();
+                st.file = None;
+                !std::mem::replace(&mut st.broken, true) && st.parts == listed
+            });
+            if ready {
+                std::fs::rename(&staged_path, &tmp2)?;
+            } else {
+                let _ = std::fs::remove_file(&staged_path);
+                let mut out = std::fs::File::create(&tmp2)?;
+                for (_, f, _) in &files {
+                    std::io::copy(&mut std::fs::File::open(f)?, &mut out)?;
+                }
             }
-            drop(out);
             if let Some(dir) = object2.parent() {
                 std::fs::create_dir_all(dir)?;
             }
@@ -239,7 +277,7 @@ impl LoopbackFs {
             }
         }
         let _ = std::fs::remove_file(&upload_info);
-        self.part_md5s.lock().unwrap().remove(&upload_id);
+        self.forget(&upload_id);
 
         Ok(S3Response::new(CompleteMultipartUploadOutput {
             bucket: Some(bucket),
@@ -247,6 +285,16 @@ impl LoopbackFs {
             e_tag: Some(ETag::Strong(e_tag)),
             ..Default::default()
         }))
+    }
+
+    /// Drop what is kept about an upload, and its staged file.
+    fn forget(&self, upload_id: &str) {
+        if let Some(u) = self.uploads.lock().unwrap().remove(upload_id) {
+            let mut st = u.staged.lock().unwrap();
+            st.broken = true;
+            st.file = None;
+        }
+        let _ = std::fs::remove_file(staging_path(&self.root, upload_id));
     }
 
     /// `<root>/<bucket>/<key>`, refusing keys that would leave the bucket.
@@ -283,6 +331,55 @@ impl LoopbackFs {
             .join(format!(".tmp.lifeboat-{name}.internal.part"));
         std::fs::write(&tmp, bytes)?;
         std::fs::rename(&tmp, dest)
+    }
+}
+
+fn staging_path(root: &Path, upload_id: &str) -> PathBuf {
+    root.join(format!(".tmp.lifeboat-{upload_id}.staged.internal.part"))
+}
+
+/// Record part `n` of `upload_id`, then append to the staged file every part that now continues it.
+fn stage(
+    root: &Path,
+    uploads: &Mutex<HashMap<String, Upload>>,
+    upload_id: &str,
+    n: i32,
+    md5: [u8; 16],
+) {
+    let (staged, changed) = {
+        let mut all = uploads.lock().unwrap();
+        let upload = all.entry(upload_id.to_owned()).or_default();
+        let before = upload.md5s.insert(n, md5);
+        (upload.staged.clone(), before.is_some_and(|b| b != md5))
+    };
+    let mut st = staged.lock().unwrap();
+    if changed && st.parts.iter().any(|p| p.0 == n) {
+        st.broken = true; // a staged part uploaded again, other bytes: the file holds stale ones
+    }
+    if st.broken {
+        return;
+    }
+    loop {
+        let next = st.parts.last().map_or(1, |p| p.0 + 1);
+        let all = uploads.lock().unwrap();
+        let Some(&md5) = all.get(upload_id).and_then(|u| u.md5s.get(&next)) else {
+            return;
+        };
+        drop(all);
+        let part = root.join(format!(".upload_id-{upload_id}.part-{next}"));
+        let appended = (|| -> std::io::Result<()> {
+            if st.file.is_none() {
+                st.file = Some(std::fs::File::create(staging_path(root, upload_id))?);
+            }
+            let out = st.file.as_mut().expect("just opened");
+            std::io::copy(&mut std::fs::File::open(&part)?, out)?;
+            Ok(())
+        })();
+        if appended.is_err() {
+            st.broken = true;
+            return;
+        }
+        st.parts.push((next, md5));
     }
 }
 

@@ -3,8 +3,9 @@
 //! One thing is overridden (`loopback_fs.rs`): CompleteMultipartUpload. Real S3 does not copy the
 //! data when an upload completes, and derives the ETag from the parts' MD5s; s3s-fs reads every
 //! part back, MD5s the whole object and writes it again, seconds for a 1 GiB backup, which would
-//! dominate what `bench/backup.sh` measures. Here the parts are concatenated in the kernel and the
-//! S3-style multipart ETag is computed from the MD5s recorded at UploadPart.
+//! dominate what `bench/backup.sh` measures. Here the parts are appended to the object file in the
+//! kernel as they arrive (completion is then a rename), and the S3-style multipart ETag is computed
+//! from the MD5s recorded at UploadPart.
 //!
 //!   cargo run --example s3_server -- <root-dir> <bucket> <access-key> <secret-key>
 //!
