@@ -93,13 +93,23 @@ impl Server {
             .unwrap()
     }
 
-    /// Files in the root that are not objects: pending uploads, parts, scratch files.
-    fn leftovers(&self) -> Vec<String> {
-        std::fs::read_dir(self.root.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .filter(|n| n.starts_with(".upload") || n.starts_with(".tmp."))
-            .collect()
+    /// Files in the root that are not objects: pending uploads, parts, scratch files (the parts
+    /// of a completed upload are removed in the background: given 5 s).
+    async fn leftovers(&self) -> Vec<String> {
+        let list = || -> Vec<String> {
+            std::fs::read_dir(self.root.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(".upload") || n.starts_with(".tmp."))
+                .collect()
+        };
+        for _ in 0..50 {
+            if list().is_empty() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        list()
     }
 }
 
@@ -160,7 +170,7 @@ async fn store_multipart_round_trip_gets_heads_lists_and_deletes() {
     assert!(e_tag.ends_with("-4\""), "{e_tag}");
     let g = client.get_object().bucket(BUCKET).key(key).send().await;
     assert_eq!(g.unwrap().e_tag.unwrap(), e_tag);
-    assert_eq!(server.leftovers(), Vec::<String>::new());
+    assert_eq!(server.leftovers().await, Vec::<String>::new());
 
     store.delete("c/b/snapshot.db").await.unwrap();
     assert!(store.head("c/b/snapshot.db").await.unwrap().is_none());
@@ -302,7 +312,7 @@ async fn complete_refuses_what_s3_refuses_and_keeps_the_upload() {
         .unwrap();
     let listed: Vec<_> = l.contents().iter().filter_map(|o| o.key()).collect();
     assert_eq!(listed, vec![key]);
-    assert_eq!(server.leftovers(), Vec::<String>::new());
+    assert_eq!(server.leftovers().await, Vec::<String>::new());
     // Completing twice: the upload is gone.
     assert_eq!(code(complete(done).await).as_deref(), Some("NoSuchUpload"));
     client
@@ -384,6 +394,6 @@ async fn out_of_order_and_reuploaded_parts_complete_to_the_listed_bytes() {
         let g = client.get_object().bucket(BUCKET).key(key).send().await;
         let got = g.unwrap().body.collect().await.unwrap().into_bytes();
         assert!(got == whole, "{key}: wrong bytes");
-        assert_eq!(server.leftovers(), Vec::<String>::new(), "{key}");
+        assert_eq!(server.leftovers().await, Vec::<String>::new(), "{key}");
     }
 }

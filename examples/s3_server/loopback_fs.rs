@@ -266,18 +266,18 @@ impl LoopbackFs {
         )
         .map_err(S3Error::internal_error)?;
 
-        // The upload is over: its parts (listed or not) and its record go.
-        let prefix = format!(".upload_id-{upload_id}.part-");
-        for entry in std::fs::read_dir(&self.root)
-            .map_err(S3Error::internal_error)?
-            .flatten()
-        {
-            if entry.file_name().to_string_lossy().starts_with(&prefix) {
-                let _ = std::fs::remove_file(entry.path());
-            }
-        }
+        // The upload is over: its record goes, then its parts (listed or not) in the background,
+        // as S3 discards them (unlinking ~1 GiB of freshly written files takes a few 100 ms).
         let _ = std::fs::remove_file(&upload_info);
         self.forget(&upload_id);
+        let (root, prefix) = (self.root.clone(), format!(".upload_id-{upload_id}.part-"));
+        tokio::task::spawn_blocking(move || {
+            for entry in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+                if entry.file_name().to_string_lossy().starts_with(&prefix) {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+        });
 
         Ok(S3Response::new(CompleteMultipartUploadOutput {
             bucket: Some(bucket),
