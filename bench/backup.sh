@@ -6,7 +6,7 @@
 #
 #   bench/backup.sh
 #   BENCH_COMPRESSION=none bench/backup.sh      # measure without zstd
-#   BENCH_STORES=s3 bench/backup.sh             # only the loopback S3 store (examples/s3_server.rs)
+#   BENCH_STORES=s3 bench/backup.sh             # only the loopback S3 store (examples/s3_server/)
 #   LIFEBOAT_BIN=path/to/etcd-lifeboat bench/backup.sh
 set -euo pipefail
 # shellcheck source=bench/lib.sh
