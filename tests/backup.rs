@@ -9,28 +9,13 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-
-/// Backup env for `etcd` with our own variables.
-fn backup_cmd(etcd: &Etcd, tls: &Tls, store: &Path, spool: &Path) -> Command {
-    let mut cmd = lifeboat();
-    cmd.arg("backup")
-        .env("LIFEBOAT_ETCD_ENDPOINTS", etcd.client_url())
-        .env("LIFEBOAT_ETCD_CACERT", &tls.ca)
-        .env("LIFEBOAT_ETCD_CERT", &tls.client.cert)
-        .env("LIFEBOAT_ETCD_KEY", &tls.client.key)
-        .env("LIFEBOAT_ETCD_DIAL_TIMEOUT", "3s")
-        .env("LIFEBOAT_STORE", format!("file://{}", store.display()))
-        .env("LIFEBOAT_CLUSTER_NAME", "test")
-        .env("LIFEBOAT_SPOOL_DIR", spool);
-    cmd
-}
 
 /// Files under `dir`, relative, sorted; dotfiles (lock files) excluded.
 fn files(dir: &Path) -> Vec<String> {
@@ -535,19 +520,7 @@ fn spool_too_small_is_refused_before_streaming() {
     let dir = tempfile::tempdir().unwrap();
     let (store, spool) = (dir.path().join("store"), dir.path().join("spool"));
     std::fs::create_dir_all(&spool).unwrap();
-    let st = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
-        .arg(&spool)
-        .status()
-        .unwrap();
-    assert!(st.success(), "mount tmpfs failed");
-    struct Unmount(PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg(&self.0).status();
-        }
-    }
-    let _u = Unmount(spool.clone());
+    let _tmpfs = Tmpfs::mount(&spool, "1m").expect("mount tmpfs");
     let out = backup_cmd(&etcd, &tls, &store, &spool).output().unwrap();
     assert_failed(&out, 7, &["LIFEBOAT_SPOOL_DIR", "free"]);
     nothing_left(&store, &spool);

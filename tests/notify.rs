@@ -13,7 +13,7 @@ mod common;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -116,20 +116,6 @@ fn read_request(conn: &mut std::net::TcpStream) -> Option<Req> {
         headers,
         body,
     })
-}
-
-fn backup_cmd(etcd: &Etcd, tls: &Tls, store: &Path, spool: &Path) -> Command {
-    let mut cmd = lifeboat();
-    cmd.arg("backup")
-        .env("LIFEBOAT_ETCD_ENDPOINTS", etcd.client_url())
-        .env("LIFEBOAT_ETCD_CACERT", &tls.ca)
-        .env("LIFEBOAT_ETCD_CERT", &tls.client.cert)
-        .env("LIFEBOAT_ETCD_KEY", &tls.client.key)
-        .env("LIFEBOAT_ETCD_DIAL_TIMEOUT", "3s")
-        .env("LIFEBOAT_STORE", format!("file://{}", store.display()))
-        .env("LIFEBOAT_CLUSTER_NAME", "test")
-        .env("LIFEBOAT_SPOOL_DIR", spool);
-    cmd
 }
 
 fn manifest(store: &Path, id: &str) -> serde_json::Value {

@@ -33,7 +33,7 @@ use std::sync::OnceLock;
 
 use common::{
     alloc_port, copy_raw_db, describe, flip_byte_from_end, lifeboat, oracle_status, populate,
-    runtime, save_snapshot, Etcd, EtcdOpts, Sample, Tls, Version, START_TIMEOUT,
+    runtime, save_snapshot, Etcd, EtcdOpts, Sample, Tls, Tmpfs, Version, START_TIMEOUT,
 };
 use etcd_lifeboat::restore::cluster::ClusterPlan;
 use etcd_lifeboat::restore::proto::{self, Field};
@@ -1152,21 +1152,13 @@ fn target_without_room_is_refused_before_anything_moves() {
     let tmp = tempfile::tempdir().unwrap();
     let mnt = tmp.path().join("tiny");
     fs::create_dir_all(&mnt).unwrap();
-    let st = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=24m", "tmpfs"])
-        .arg(&mnt)
-        .status();
-    if !matches!(st, Ok(s) if s.success()) {
-        eprintln!("SKIPPED: cannot mount tmpfs here ({st:?})");
-        return;
-    }
-    struct Unmount(PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg(&self.0).status();
+    let _tmpfs = match Tmpfs::mount(&mnt, "24m") {
+        Ok(t) => t,
+        Err(why) => {
+            eprintln!("SKIPPED: {why}");
+            return;
         }
-    }
-    let _u = Unmount(mnt.clone());
+    };
     // An old member (its db; the 64 MB WAL would not fit) and a sibling.
     fs::create_dir_all(mnt.join("member/snap")).unwrap();
     fs::create_dir_all(mnt.join("member/wal")).unwrap();
@@ -1790,21 +1782,13 @@ fn wal_dir_refused_inside_member_on_a_mount_point_or_a_full_volume() {
     }
     let wal = tmp.path().join("walvol");
     fs::create_dir_all(&wal).unwrap();
-    let st = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=80m", "tmpfs"])
-        .arg(&wal)
-        .status();
-    if !matches!(st, Ok(s) if s.success()) {
-        eprintln!("SKIPPED (mount point part): cannot mount tmpfs ({st:?})");
-        return;
-    }
-    struct Unmount(PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg(&self.0).status();
+    let _tmpfs = match Tmpfs::mount(&wal, "80m") {
+        Ok(t) => t,
+        Err(why) => {
+            eprintln!("SKIPPED (mount point part): {why}");
+            return;
         }
-    }
-    let _u = Unmount(wal.clone());
+    };
     fs::write(wal.join("old.wal"), b"old").unwrap();
     let out = ours_cmd(&src.snap, &data, &a)
         .env("LIFEBOAT_WAL_DIR", &wal)
@@ -1832,12 +1816,7 @@ fn wal_dir_refused_inside_member_on_a_mount_point_or_a_full_volume() {
     // Disk full on the WAL volume: refused before anything moves.
     let small = tmp.path().join("smallvol");
     fs::create_dir_all(&small).unwrap();
-    let st = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=8m", "tmpfs"])
-        .arg(&small)
-        .status();
-    assert!(matches!(st, Ok(s) if s.success()), "{st:?}");
-    let _u2 = Unmount(small.clone());
+    let _tmpfs2 = Tmpfs::mount(&small, "8m").expect("mount tmpfs");
     let before = (tree(&data), tree(&wal));
     let mut other = a.clone();
     other.token = "other".into();

@@ -75,6 +75,53 @@ pub fn lifeboat() -> Command {
     cmd
 }
 
+/// A size-limited tmpfs mounted on `dir` (an existing directory) until dropped. `Err` says why
+/// it could not be mounted (not root, no permission here), for the caller to skip or fail.
+pub struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    pub fn mount(dir: &std::path::Path, size: &str) -> Result<Tmpfs, String> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Err("not root, cannot mount a tmpfs".into());
+        }
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status();
+        match st {
+            Ok(s) if s.success() => Ok(Tmpfs(dir.to_path_buf())),
+            other => Err(format!("cannot mount a tmpfs here ({other:?})")),
+        }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// `etcd-lifeboat backup` against the harness `etcd` over mTLS, into a local store, cluster `test`.
+pub fn backup_cmd(
+    etcd: &Etcd,
+    tls: &Tls,
+    store: &std::path::Path,
+    spool: &std::path::Path,
+) -> Command {
+    let mut cmd = lifeboat();
+    cmd.arg("backup")
+        .env("LIFEBOAT_ETCD_ENDPOINTS", etcd.client_url())
+        .env("LIFEBOAT_ETCD_CACERT", &tls.ca)
+        .env("LIFEBOAT_ETCD_CERT", &tls.client.cert)
+        .env("LIFEBOAT_ETCD_KEY", &tls.client.key)
+        .env("LIFEBOAT_ETCD_DIAL_TIMEOUT", "3s")
+        .env("LIFEBOAT_STORE", format!("file://{}", store.display()))
+        .env("LIFEBOAT_CLUSTER_NAME", "test")
+        .env("LIFEBOAT_SPOOL_DIR", spool);
+    cmd
+}
+
 /// Output as text, for assertion messages.
 pub fn describe(out: &Output) -> String {
     format!(
