@@ -1268,6 +1268,21 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// [`start_etcd`] holding `count` incompressible 1 MiB values (`/registry/big/<i>`, data seeded
+/// `seed + i`), so a snapshot spans several 5 MiB parts even compressed; and a client to it.
+async fn etcd_with_big_values(count: u64, seed: u64) -> (Etcd, etcd_client::Client) {
+    let etcd = start_etcd().await;
+    let mut c = etcd_client::Client::connect([etcd.endpoint.as_str()], None)
+        .await
+        .unwrap();
+    for i in 0..count {
+        c.put(format!("/registry/big/{i}"), data(1 << 20, seed + i), None)
+            .await
+            .unwrap();
+    }
+    (etcd, c)
+}
+
 async fn start_etcd() -> Etcd {
     let bin = Path::new(env!("CARGO_MANIFEST_DIR")).join(".deps/etcd-3.5.30/usr/bin/etcd");
     assert!(
@@ -1319,15 +1334,7 @@ async fn start_etcd() -> Etcd {
 /// is in flight → the upload is aborted on the server, nothing is listed, exit 143.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_mid_multipart_backup_aborts_and_exits_143() {
-    let etcd = start_etcd().await;
-    let mut c = etcd_client::Client::connect([etcd.endpoint.as_str()], None)
-        .await
-        .unwrap();
-    for i in 0..14 {
-        c.put(format!("/registry/big/{i}"), data(1 << 20, i), None)
-            .await
-            .unwrap();
-    }
+    let (etcd, _) = etcd_with_big_values(14, 0).await;
     let server = Server::start().await;
     server.faults.stall_parts.store(true, Ordering::SeqCst);
     server.faults.slow_aborts.store(true, Ordering::SeqCst);
@@ -1401,16 +1408,8 @@ async fn sigterm_mid_multipart_backup_aborts_and_exits_143() {
 /// multipart upload is left open; the object is the snapshot.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backup_to_s3_streams_parts_and_completes() {
-    let etcd = start_etcd().await;
-    let mut c = etcd_client::Client::connect([etcd.endpoint.as_str()], None)
-        .await
-        .unwrap();
     // Incompressible values: the zstd output also needs several 5 MiB parts.
-    for i in 0..14 {
-        c.put(format!("/registry/big/{i}"), data(1 << 20, 100 + i), None)
-            .await
-            .unwrap();
-    }
+    let (etcd, _) = etcd_with_big_values(14, 100).await;
     let server = Server::start().await;
     let s3 = server.s3_store(&[]).await;
     for compression in ["none", "zstd"] {
@@ -1481,15 +1480,7 @@ async fn backup_to_s3_streams_parts_and_completes() {
 /// object under another key, no open multipart upload).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backup_to_s3_under_writes_streams_once_under_the_preflight_revision() {
-    let etcd = start_etcd().await;
-    let mut c = etcd_client::Client::connect([etcd.endpoint.as_str()], None)
-        .await
-        .unwrap();
-    for i in 0..12 {
-        c.put(format!("/registry/big/{i}"), data(1 << 20, 200 + i), None)
-            .await
-            .unwrap();
-    }
+    let (etcd, c) = etcd_with_big_values(12, 200).await;
     let stop = Arc::new(AtomicBool::new(false));
     let mut writers = Vec::new();
     for w in 0..4 {
@@ -1814,15 +1805,7 @@ async fn verify_upload_full_catches_a_store_that_damages_the_object() {
 /// `presigned.rs` closes the race that remains on real networks. This test guards the outcome.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn presigned_put_refused_before_its_body_fails_at_once() {
-    let etcd = start_etcd().await;
-    let mut c = etcd_client::Client::connect([etcd.endpoint.as_str()], None)
-        .await
-        .unwrap();
-    for i in 0..8 {
-        c.put(format!("/registry/big/{i}"), data(1 << 20, i), None)
-            .await
-            .unwrap();
-    }
+    let (etcd, _) = etcd_with_big_values(8, 0).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let requests = Arc::new(AtomicUsize::new(0));
@@ -1894,15 +1877,7 @@ async fn presigned_put_refused_before_its_body_fails_at_once() {
 /// nothing stored, the spool cleaned.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn presigned_url_expiring_mid_backup_is_explained() {
-    let etcd = start_etcd().await;
-    let mut c = etcd_client::Client::connect([etcd.endpoint.as_str()], None)
-        .await
-        .unwrap();
-    for i in 0..4 {
-        c.put(format!("/registry/big/{i}"), data(1 << 20, i), None)
-            .await
-            .unwrap();
-    }
+    let (etcd, _) = etcd_with_big_values(4, 0).await;
     let server = Server::start().await;
     let key = "c/one-shot/snapshot.db";
     let put = server
