@@ -2,7 +2,8 @@
 # bench/backup.sh: `etcd-lifeboat backup` (stream + sha256 + verify + zstd + local store + manifest)
 # versus `etcdctl snapshot save` alone (3.5.30), against the same running etcd holding the ~1 GiB
 # benchmark database, alternating, BENCH_RUNS times each (default 5). Prints median wall time, the
-# ratio ours/etcdctl and median peak RSS. Targets (issue "Backup pipeline"): wall ≤ 1.2×, RSS ≤ 64 MiB.
+# ratio ours/etcdctl and median peak RSS, and for S3 the CPU time the loopback S3 server (same two
+# cores) spent per backup. Targets (issue "Backup pipeline"): wall ≤ 1.2×, RSS ≤ 64 MiB.
 #
 #   bench/backup.sh
 #   BENCH_COMPRESSION=none bench/backup.sh      # measure without zstd
@@ -36,8 +37,16 @@ trap 'kill "$s3_pid" 2>/dev/null || true; rm -rf "$out/s3"; bench_cleanup' EXIT
 for _ in $(seq 100); do [ -s "$out/s3.url" ] && break; sleep 0.1; done
 s3_url=$(head -n1 "$out/s3.url")
 
+# CPU seconds (user + system) the loopback S3 server has used so far.
+server_cpu() {
+  awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f\n", ($14 + $15) / hz }' "/proc/$s3_pid/stat"
+}
+
+# Every run starts from the same state: the previous run's files removed and written back (`sync`),
+# so that no run pays for another's disk writeback.
 run_tool() { # TOOL MODE STORE
   rm -rf "$out/store" "$out/saved.db" "$out/s3/bench/lifeboat" "$out"/s3/.bucket-*
+  sync
   case $1 in
     etcdctl)
       bench_run "$res/etcdctl" env ETCDCTL_API=3 "$BENCH_ETCD_DIR/etcdctl" --endpoints="$BENCH_ENDPOINT" \
@@ -45,11 +54,19 @@ run_tool() { # TOOL MODE STORE
     ours)
       local store="file://$out/store"
       [ "$3" = s3 ] && store=s3://bench/lifeboat
+      local cpu0
+      cpu0=$(server_cpu)
       bench_run "$res/ours-$2-$3" env LIFEBOAT_ETCD_ENDPOINTS="$BENCH_ENDPOINT" LIFEBOAT_ETCD_CACERT="$BENCH_CA" \
         LIFEBOAT_ETCD_CERT="$BENCH_CERT" LIFEBOAT_ETCD_KEY="$BENCH_KEY" LIFEBOAT_STORE="$store" \
         AWS_ENDPOINT_URL_S3="$s3_url" AWS_REGION=us-east-1 AWS_ACCESS_KEY_ID=BENCHKEY \
         AWS_SECRET_ACCESS_KEY=bench-secret-not-real LIFEBOAT_S3_PATH_STYLE=true \
-        LIFEBOAT_SPOOL_DIR="$out/spool" LIFEBOAT_COMPRESSION="$2" LIFEBOAT_CLUSTER_NAME=bench "$ours" backup ;;
+        LIFEBOAT_SPOOL_DIR="$out/spool" LIFEBOAT_COMPRESSION="$2" LIFEBOAT_CLUSTER_NAME=bench "$ours" backup
+      # What the S3 server on these same two cores spent receiving this backup (a real S3 runs
+      # elsewhere): the share of the wall time that is not ours.
+      if [ "$3" = s3 ]; then
+        awk -v a="$cpu0" -v b="$(server_cpu)" 'BEGIN { printf "%.2f\n", b - a }' >>"$res/s3-server-cpu-$2"
+      fi
+      ;;
   esac
 }
 
@@ -66,4 +83,9 @@ for st in "${stores[@]}"; do for m in "${modes[@]}"; do
   read -r wall rss < <(bench_summary "$res/ours-$m-$st")
   printf '%-34s  %10s  %8s  %14s\n' "etcd-lifeboat backup ($st, $m)" "$wall" "$(awk -v a="$wall" -v b="$base" 'BEGIN { printf "%.2f", a / b }')" "$rss"
 done; done
+for m in "${modes[@]}"; do
+  if [ -s "$res/s3-server-cpu-$m" ]; then
+    printf 'loopback S3 server CPU per backup (%s, median): %s s\n' "$m" "$(bench_median <"$res/s3-server-cpu-$m")"
+  fi
+done
 printf 'raw runs: %s\n' "$res"

@@ -68,15 +68,18 @@ bench_tls() {
   ) || bench_die "openssl failed making TLS material in $d"
 }
 
-# bench_ours: our binary: $LIFEBOAT_BIN, or a fresh `cargo build --release`. Sets BENCH_OURS.
+# bench_ours: our binary: $LIFEBOAT_BIN, or the binary the image ships, built exactly as
+# scripts/build-image.sh builds it (profile `min`, static). Sets BENCH_OURS.
 # shellcheck disable=SC2034 # used by the scripts that source this file
 bench_ours() {
   if [ -n "${LIFEBOAT_BIN:-}" ]; then
     BENCH_OURS=$LIFEBOAT_BIN
   else
-    bench_log "cargo build --release"
-    (cd "$BENCH_ROOT" && cargo build --release --quiet --bin etcd-lifeboat) || bench_die "cargo build failed"
-    BENCH_OURS=$BENCH_ROOT/target/release/etcd-lifeboat
+    local target=x86_64-unknown-linux-gnu
+    bench_log "cargo build --profile image --target $target (the image's binary)"
+    (cd "$BENCH_ROOT" && RUSTFLAGS='-C target-feature=+crt-static' cargo build --locked --quiet \
+      --profile image --target "$target" --bin etcd-lifeboat) || bench_die "cargo build failed"
+    BENCH_OURS=$BENCH_ROOT/target/$target/image/etcd-lifeboat
   fi
 }
 

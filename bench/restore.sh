@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # bench/restore.sh: `etcd-lifeboat restore` (verify + rebuild db, WAL, .snap + fsync + swap) versus
 # `etcdutl snapshot restore` (3.5.30) on the ~1 GiB benchmark snapshot, alternating, BENCH_RUNS
-# times each (default 5), warm page cache. Prints median wall time, ratio and median peak RSS.
+# times each (default 5), warm page cache before every run. Prints median wall time, ratio and median peak RSS.
 # Targets (issue "native restore"): ≥ 3× faster, peak RSS ≤ 64 MiB.
 #
 #   bench/restore.sh
@@ -21,9 +21,14 @@ out=$BENCH_WORK/restore-out
 mkdir -p "$res"
 cluster="m0=http://127.0.0.1:2380"
 
+# Every run starts from the same state: the previous run's output removed and written back
+# (`sync`), and the source in the page cache again (this sandbox caps the page cache near 2 GB,
+# so the previous run's ~1 GB of output can evict part of it).
 run_tool() { # TOOL
   rm -rf "$out"
   mkdir -p "$out"
+  sync
+  cat "$snap" >/dev/null
   case $1 in
     etcdutl)
       bench_run "$res/etcdutl" "$BENCH_ETCD_DIR/etcdutl" snapshot restore "$snap" --data-dir "$out/data" \
@@ -35,7 +40,6 @@ run_tool() { # TOOL
   esac
 }
 
-cat "$snap" >/dev/null
 for ((i = 1; i <= runs; i++)); do
   if ((i % 2)); then run_tool ours; run_tool etcdutl; else run_tool etcdutl; run_tool ours; fi
 done

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Builds the etcd-lifeboat image from a binary built on this host, then smoke-tests it.
 #
-#   scripts/build-image.sh            build binary (cargo --profile min, static) + image, smoke test
+#   scripts/build-image.sh            build binary (cargo --profile image, static) + image, smoke test
 #   IMAGE=reg/etcd-lifeboat:tag scripts/build-image.sh
-#   SKIP_CARGO=1 scripts/build-image.sh   reuse target/x86_64-unknown-linux-gnu/min/etcd-lifeboat
+#   SKIP_CARGO=1 scripts/build-image.sh   reuse target/x86_64-unknown-linux-gnu/image/etcd-lifeboat
 #   BINARY=/path/to/etcd-lifeboat scripts/build-image.sh   package a binary built elsewhere (static)
 #   OUTPUT=oci-archive:/tmp/lifeboat.tar scripts/build-image.sh   also export the image
 #
@@ -22,7 +22,7 @@ readonly MAX_IMAGE_BYTES=$((20 * 1024 * 1024))    # image budget (uncompressed l
 readonly EXIT_SKIP=77
 
 target=x86_64-unknown-linux-gnu
-bin=${BINARY:-$root/target/$target/min/etcd-lifeboat}
+bin=${BINARY:-$root/target/$target/image/etcd-lifeboat}
 version=$(awk -F'"' '/^version *=/{print $2; exit}' Cargo.toml)
 image=${IMAGE:-localhost/etcd-lifeboat:$version}
 work="$root/target/image-build"
@@ -36,8 +36,8 @@ mib() { awk -v b="$1" 'BEGIN{printf "%.2f MiB", b/1048576}'; }
 
 # --- 1. the static binary -----------------------------------------------------------------------------
 if [ "${SKIP_CARGO:-0}" != 1 ] && [ -z "${BINARY:-}" ]; then
-  log "cargo build --profile min --target $target (crt-static)"
-  RUSTFLAGS='-C target-feature=+crt-static' cargo build --locked --profile min --target "$target"
+  log "cargo build --profile image --target $target (crt-static)"
+  RUSTFLAGS='-C target-feature=+crt-static' cargo build --locked --profile image --target "$target"
 fi
 [ -x "$bin" ] || die "binary not found: $bin"
 if command -v file >/dev/null; then

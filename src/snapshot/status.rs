@@ -6,6 +6,7 @@
 //! with [`combine`] instead of re-reading the data in key order.
 
 use std::collections::HashSet;
+use std::hash::{BuildHasherDefault, Hasher};
 
 use super::bolt::{Meta, NodeAt};
 use super::crc::combine;
@@ -84,12 +85,35 @@ pub fn compute(meta: &Meta, nodes: &Summaries) -> Result<(Status, Option<String>
     Ok((status, t.v36_problem))
 }
 
+/// The live-key set holds 128-bit SipHash values of keys already (`summary::key_hash`): hashing
+/// them again would only cost time, so the set uses their high 64 bits as is (the low word has
+/// its two lowest bits reused for the record kind).
+#[derive(Default)]
+struct KeyHashHasher(u64);
+
+impl Hasher for KeyHashHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u128` is used; a generic fallback keeps the trait total.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u128(&mut self, k: u128) {
+        self.0 = (k >> 64) as u64;
+    }
+}
+
 #[derive(Default)]
 struct Tally {
     hash: u32,
     revision: i64,
     total_key: u64,
-    live: HashSet<u128>,
+    live: HashSet<u128, BuildHasherDefault<KeyHashHasher>>,
     storage_version: Option<Vec<u8>>,
     v36_problem: Option<String>,
 }
