@@ -26,7 +26,8 @@ out=$BENCH_WORK/backup-out
 mkdir -p "$res" "$out/spool"
 
 modes=(zstd none)
-[ -n "${BENCH_COMPRESSION:-}" ] && modes=("$BENCH_COMPRESSION")
+# A mode is `none`, `zstd` (our default level) or `zstd@LEVEL`, e.g. BENCH_COMPRESSION="zstd@1 zstd@-1".
+[ -n "${BENCH_COMPRESSION:-}" ] && read -r -a modes <<<"$BENCH_COMPRESSION"
 read -r -a stores <<<"${BENCH_STORES:-local s3}"
 
 # The loopback S3 server (s3s-fs, SigV4 checked), on this machine only.
@@ -37,9 +38,20 @@ trap 'kill "$s3_pid" 2>/dev/null || true; rm -rf "$out/s3"; bench_cleanup' EXIT
 for _ in $(seq 100); do [ -s "$out/s3.url" ] && break; sleep 0.1; done
 s3_url=$(head -n1 "$out/s3.url")
 
-# CPU seconds (user + system) the loopback S3 server has used so far.
-server_cpu() {
-  awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f\n", ($14 + $15) / hz }' "/proc/$s3_pid/stat"
+# CPU seconds (user + system) process PID has used so far.
+cpu_of() {
+  awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f\n", ($14 + $15) / hz }' "/proc/$1/stat"
+}
+server_cpu() { cpu_of "$s3_pid"; }
+
+# bench_run plus the CPU time etcd spent serving the run, appended to RESULTS.cpu, and the
+# tool's own user + system time (from /usr/bin/time) appended to RESULTS.ourcpu.
+timed() { # RESULTS CMD...
+  local e0
+  e0=$(cpu_of "$BENCH_ETCD_PID")
+  bench_run "$@"
+  awk -v a="$e0" -v b="$(cpu_of "$BENCH_ETCD_PID")" 'BEGIN { printf "%.2f\n", b - a }' >>"$1.cpu"
+  awk -F': ' '/User time|System time/ { s += $2 } END { printf "%.2f\n", s }' "$1.time" >>"$1.ourcpu"
 }
 
 # Every run starts from the same state: the previous run's files removed and written back (`sync`),
@@ -49,18 +61,19 @@ run_tool() { # TOOL MODE STORE
   sync
   case $1 in
     etcdctl)
-      bench_run "$res/etcdctl" env ETCDCTL_API=3 "$BENCH_ETCD_DIR/etcdctl" --endpoints="$BENCH_ENDPOINT" \
+      timed "$res/etcdctl" env ETCDCTL_API=3 "$BENCH_ETCD_DIR/etcdctl" --endpoints="$BENCH_ENDPOINT" \
         --cacert="$BENCH_CA" --cert="$BENCH_CERT" --key="$BENCH_KEY" snapshot save "$out/saved.db" ;;
     ours)
       local store="file://$out/store"
       [ "$3" = s3 ] && store=s3://bench/lifeboat
-      local cpu0
+      local cpu0 level=()
       cpu0=$(server_cpu)
-      bench_run "$res/ours-$2-$3" env LIFEBOAT_ETCD_ENDPOINTS="$BENCH_ENDPOINT" LIFEBOAT_ETCD_CACERT="$BENCH_CA" \
+      [[ $2 == *@* ]] && level=("LIFEBOAT_ZSTD_LEVEL=${2#*@}")
+      timed "$res/ours-$2-$3" env LIFEBOAT_ETCD_ENDPOINTS="$BENCH_ENDPOINT" LIFEBOAT_ETCD_CACERT="$BENCH_CA" \
         LIFEBOAT_ETCD_CERT="$BENCH_CERT" LIFEBOAT_ETCD_KEY="$BENCH_KEY" LIFEBOAT_STORE="$store" \
         AWS_ENDPOINT_URL_S3="$s3_url" AWS_REGION=us-east-1 AWS_ACCESS_KEY_ID=BENCHKEY \
         AWS_SECRET_ACCESS_KEY=bench-secret-not-real LIFEBOAT_S3_PATH_STYLE=true \
-        LIFEBOAT_SPOOL_DIR="$out/spool" LIFEBOAT_COMPRESSION="$2" LIFEBOAT_CLUSTER_NAME=bench "$ours" backup
+        LIFEBOAT_SPOOL_DIR="$out/spool" LIFEBOAT_COMPRESSION="${2%@*}" "${level[@]}" LIFEBOAT_CLUSTER_NAME=bench "$ours" backup
       # What the S3 server on these same two cores spent receiving this backup (a real S3 runs
       # elsewhere): the share of the wall time that is not ours.
       if [ "$3" = s3 ]; then
@@ -82,6 +95,15 @@ printf '%-34s  %10s  %8s  %14s\n' "etcdctl 3.5.30 snapshot save" "$base" "1.00" 
 for st in "${stores[@]}"; do for m in "${modes[@]}"; do
   read -r wall rss < <(bench_summary "$res/ours-$m-$st")
   printf '%-34s  %10s  %8s  %14s\n' "etcd-lifeboat backup ($st, $m)" "$wall" "$(awk -v a="$wall" -v b="$base" 'BEGIN { printf "%.2f", a / b }')" "$rss"
+done; done
+printf '\nCPU seconds per run (median), on this 2-core machine: the tool itself, etcd serving it'
+echo
+cpu_row() { # NAME RESULTS
+  printf '%-34s  tool %5s s  etcd %5s s\n' "$1" "$(bench_median <"$2.ourcpu")" "$(bench_median <"$2.cpu")"
+}
+cpu_row "etcdctl 3.5.30 snapshot save" "$res/etcdctl"
+for st in "${stores[@]}"; do for m in "${modes[@]}"; do
+  cpu_row "etcd-lifeboat backup ($st, $m)" "$res/ours-$m-$st"
 done; done
 for m in "${modes[@]}"; do
   if [ -s "$res/s3-server-cpu-$m" ]; then

@@ -22,8 +22,8 @@ mkdir -p "$res"
 cluster="m0=http://127.0.0.1:2380"
 
 # Every run starts from the same state: the previous run's output removed and written back
-# (`sync`), and the source in the page cache again (this sandbox caps the page cache near 2 GB,
-# so the previous run's ~1 GB of output can evict part of it).
+# (`sync`), and the source in the page cache again (the status benchmark's cold runs drop it
+# from the page cache; a source only partly cached would be timed as a partly cold read).
 run_tool() { # TOOL
   rm -rf "$out"
   mkdir -p "$out"

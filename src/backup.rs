@@ -89,12 +89,12 @@ impl BackupConfig {
         {
             "none" => Compression::None,
             _ => {
-                let raw = env.get("LIFEBOAT_ZSTD_LEVEL").unwrap_or("1");
+                let raw = env.get("LIFEBOAT_ZSTD_LEVEL").unwrap_or("-1");
                 let level: i32 = raw.parse().ok().filter(|l| (-7..=19).contains(l)).ok_or_else(|| {
                     Error::Config(format!("LIFEBOAT_ZSTD_LEVEL: expected -7 (fastest) to 19 (smallest), got {raw:?}"))
                 })?;
                 if level == 0 {
-                    return Err(Error::Config("LIFEBOAT_ZSTD_LEVEL: 0 is not a level; use 1 (fast, the default) or higher".into()));
+                    return Err(Error::Config("LIFEBOAT_ZSTD_LEVEL: 0 is not a level; use -1 (fast, the default), 1 to 3 (smaller objects for more CPU) or another level from -7 to 19".into()));
                 }
                 Compression::Zstd(level)
             }
@@ -576,11 +576,11 @@ mod tests {
         );
         assert_eq!(
             cfg(&[("LIFEBOAT_STORE", url), ("LIFEBOAT_COMPRESSION", "zstd")]).compression,
-            Compression::Zstd(1)
+            Compression::Zstd(-1)
         );
         assert_eq!(
             cfg(&[("LIFEBOAT_STORE", "file:///b")]).compression,
-            Compression::Zstd(1)
+            Compression::Zstd(-1)
         );
         assert_eq!(
             cfg(&[
@@ -588,7 +588,7 @@ mod tests {
                 ("AWS_REGION", "eu-west-1")
             ])
             .compression,
-            Compression::Zstd(1)
+            Compression::Zstd(-1)
         );
     }
 

@@ -72,7 +72,7 @@ pub const VARS: &[Var] = &[
     Var { name: "LIFEBOAT_CLUSTER_NAME", default: "default", help: "name of this cluster in the store layout <prefix>/<cluster-name>/<backup-id>/", commands: STORE },
     Var { name: "LIFEBOAT_SPOOL_DIR", default: "/tmp", help: "local directory for the snapshot while it is verified (needs room for the DB)", commands: &[Backup, Restore, Verify, Fetch] },
     Var { name: "LIFEBOAT_COMPRESSION", default: "zstd (none for a presigned URL)", help: "`zstd` or `none`; a presigned URL gets the raw snapshot (as `etcdctl snapshot save` writes it) unless this is set", commands: &[Backup] },
-    Var { name: "LIFEBOAT_ZSTD_LEVEL", default: "1", help: "zstd level: -7 (fastest) … -1, 1 (fast, default) … 19 (smallest)", commands: &[Backup] },
+    Var { name: "LIFEBOAT_ZSTD_LEVEL", default: "-1", help: "zstd level: -7 (fastest) … -1 (default) … 1, 3 … 19 (smallest)", commands: &[Backup] },
     Var { name: "LIFEBOAT_PROGRESS_INTERVAL", default: "10s", help: "how often long transfers log progress", commands: &[Backup, Restore, Verify, Fetch] },
     Var { name: "LIFEBOAT_KEEP_LAST", default: "", help: "retention: keep the newest N backups (no LIFEBOAT_KEEP_* set = keep everything)", commands: &[Backup, Prune] },
     Var { name: "LIFEBOAT_KEEP_DAILY", default: "", help: "retention: keep the newest backup of each of the last N days that have one", commands: &[Backup, Prune] },
