@@ -46,7 +46,7 @@ if [ ! -x "$e3530/usr/bin/etcdutl" ]; then
   (cd "$apt_dir/debs" && rm -f ./*.deb && apt-get "${opts[@]}" download etcd-server etcd-client)
   rm -rf "$e3530"; mkdir -p "$e3530"
   for d in "$apt_dir"/debs/*.deb; do dpkg -x "$d" "$e3530"; done
-  "$e3530/usr/bin/etcd" --version | head -1
+  "$e3530/usr/bin/etcd" --version | sed -n 1p
 fi
 
 # Python tools (etcd 3.5.1 binaries, manifest validation, linters).
@@ -68,6 +68,6 @@ ln -sfn "$e351" "$deps/etcd-3.5.1"
 
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 
-echo "install-deps: etcd 3.4.23 /usr/bin ($(/usr/bin/etcd --version | head -1))"
-echo "install-deps: etcd 3.5.1  $deps/etcd-3.5.1 ($("$deps/etcd-3.5.1/etcd" --version | head -1))"
-echo "install-deps: etcd 3.5.30 $e3530/usr/bin ($("$e3530/usr/bin/etcd" --version | head -1))"
+echo "install-deps: etcd 3.4.23 /usr/bin ($(/usr/bin/etcd --version | sed -n 1p))"
+echo "install-deps: etcd 3.5.1  $deps/etcd-3.5.1 ($("$deps/etcd-3.5.1/etcd" --version | sed -n 1p))"
+echo "install-deps: etcd 3.5.30 $e3530/usr/bin ($("$e3530/usr/bin/etcd" --version | sed -n 1p))"
