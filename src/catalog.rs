@@ -221,6 +221,13 @@ pub async fn verify(
         .await
         .map_err(|e| Error::Internal(format!("worker thread failed: {e}")))?
         .map_err(|e| Error::Verify(format!("{}: {e}", m.backup_id)))?;
+    check_against_manifest(m, &report)?;
+    Ok((file, report))
+}
+
+/// The inspection of a fetched snapshot (`snapshot::inspect`) against its manifest: sound (trailer,
+/// integrity), the same database (sha256, status) and the same file (size, sha256 with trailer).
+pub fn check_against_manifest(m: &Manifest, report: &snapshot::Report) -> Result<()> {
     report
         .verdict()
         .map_err(|p| Error::Verify(format!("{}: {p}", m.backup_id)))?;
@@ -255,7 +262,7 @@ pub async fn verify(
             m.snapshot_sha256
         )));
     }
-    Ok((file, report))
+    Ok(())
 }
 
 pub fn plan_prune(cat: &Catalog, policy: &Policy, now: SystemTime) -> Vec<Decision> {

@@ -1553,6 +1553,40 @@ fn restore_latest_and_by_id_from_a_file_store() {
     let restored = start_single(&d1, &single, p);
     assert!(get_kvs(&restored) == first_kvs, "restore by id: kvs");
     assert_clean_log(&restored);
+    drop(restored);
+
+    // The snapshot from the store is inspected beside the build; its result must still match the
+    // manifest before anything is swapped. A manifest whose database hash disagrees (the stored
+    // object itself intact, so the download passes) → exit 4 naming the manifest, the existing
+    // member untouched, no staging left.
+    let manifest = store.join("prod").join(&latest_id).join("manifest.json");
+    let text = fs::read_to_string(&manifest).unwrap();
+    let mut json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    json["db_sha256"] = serde_json::Value::String("00".repeat(32));
+    fs::write(&manifest, serde_json::to_string_pretty(&json).unwrap()).unwrap();
+    let target = tmp.path().join("kept");
+    fs::create_dir_all(target.join("member/snap")).unwrap();
+    fs::write(target.join("member/snap/db"), b"the old member").unwrap();
+    let out = ours_cmd(Path::new("/unused"), &target, &a)
+        .env("LIFEBOAT_RESTORE_SOURCE", "latest")
+        .env("LIFEBOAT_STORE", format!("file://{}", store.display()))
+        .env("LIFEBOAT_CLUSTER_NAME", "prod")
+        .env("LIFEBOAT_SPOOL_DIR", &spool)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(EXIT_VERIFY), "{}", describe(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("the manifest records"), "{err}");
+    assert_eq!(
+        fs::read(target.join("member/snap/db")).unwrap(),
+        b"the old member"
+    );
+    let names: Vec<_> = fs::read_dir(&target)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["member"], "only the old member stays");
 }
 
 #[test]

@@ -11,6 +11,7 @@ use crate::catalog;
 use crate::config::Env;
 use crate::error::{Error, Result};
 use crate::fsutil::{mib, RemoveOnDrop};
+use crate::manifest::Manifest;
 use crate::restore::build::build_member;
 use crate::restore::cluster::{format_id, ClusterPlan};
 use crate::restore::install;
@@ -320,21 +321,30 @@ impl Drop for CancelFlag {
     }
 }
 
-/// A snapshot on local disk: verified already when it came from the store (catalog::verify), not
-/// yet when it is a local file (then verification runs beside the build, see `run`).
+/// A snapshot on local disk, not yet inspected: the inspection (sha256, bbolt check, status) runs
+/// beside the build (see `run`), and for a backup from the store its result must also match the
+/// backup's manifest (`manifest`). The stored object's own sha256 was checked while downloading.
 struct Fetched {
     path: PathBuf,
     _guard: Option<RemoveOnDrop>,
     report: Option<Report>,
+    manifest: Option<Box<Manifest>>,
     label: String,
 }
 
-async fn inspect_blocking(path: &Path) -> Result<Report> {
-    let p = path.to_path_buf();
-    tokio::task::spawn_blocking(move || snapshot::inspect(&p))
-        .await
-        .map_err(|e| Error::Internal(format!("worker thread failed: {e}")))?
-        .map_err(|e| Error::Verify(format!("{}: {e}", path.display())))
+impl Fetched {
+    /// Inspect the snapshot (and hold it to its manifest, for a backup from the store).
+    async fn inspect(&self) -> Result<Report> {
+        let p = self.path.clone();
+        let report = tokio::task::spawn_blocking(move || snapshot::inspect(&p))
+            .await
+            .map_err(|e| Error::Internal(format!("worker thread failed: {e}")))?
+            .map_err(|e| Error::Verify(format!("{}: {e}", self.label)))?;
+        if let Some(m) = &self.manifest {
+            catalog::check_against_manifest(m, &report)?;
+        }
+        Ok(report)
+    }
 }
 
 async fn fetch(cfg: &RestoreConfig) -> Result<Fetched> {
@@ -350,6 +360,7 @@ async fn fetch(cfg: &RestoreConfig) -> Result<Fetched> {
                 path: p.clone(),
                 _guard: None,
                 report: None,
+                manifest: None,
                 label: p.display().to_string(),
             })
         }
@@ -361,12 +372,13 @@ async fn fetch(cfg: &RestoreConfig) -> Result<Fetched> {
             let store = Store::open(store).await?;
             let cat = catalog::load(&store, cluster).await?;
             let m = catalog::select(&cat, Some(which))?;
-            tracing::info!(backup = %m.backup_id, store = %store.describe(), "fetching and verifying backup");
-            let (guard, report) = catalog::verify(&store, m, &cfg.spool_dir).await?;
+            tracing::info!(backup = %m.backup_id, store = %store.describe(), "fetching backup");
+            let guard = catalog::fetch_snapshot(&store, m, &cfg.spool_dir).await?;
             Ok(Fetched {
                 path: guard.path().to_path_buf(),
                 _guard: Some(guard),
-                report: Some(report),
+                report: None,
+                manifest: Some(Box::new(m.clone())),
                 label: format!("{}/{}", cluster, m.backup_id),
             })
         }
@@ -390,6 +402,7 @@ async fn fetch(cfg: &RestoreConfig) -> Result<Fetched> {
                     path: dl.path().to_path_buf(),
                     _guard: Some(dl),
                     report: None,
+                    manifest: None,
                     label,
                 });
             }
@@ -413,6 +426,7 @@ async fn fetch(cfg: &RestoreConfig) -> Result<Fetched> {
                 path: out.path().to_path_buf(),
                 _guard: Some(out),
                 report: None,
+                manifest: None,
                 label,
             })
         }
@@ -460,9 +474,10 @@ pub struct Outcome {
 
 /// Plan, print the plan, then execute. `now` stamps the moved-aside directory.
 ///
-/// Nothing existing is touched before the snapshot is fully verified: for a local file the
-/// verification (one sequential pass: sha256, bbolt check, status) runs *beside* the build into the
-/// staging dir, and the swap happens only after both succeeded.
+/// Nothing existing is touched before the snapshot is fully verified: the verification (one
+/// sequential pass: sha256, bbolt check, status; for a backup from the store, also held to its
+/// manifest) runs *beside* the build into the staging dir, and the swap happens only after both
+/// succeeded.
 pub async fn run(cfg: &RestoreConfig, now: SystemTime) -> Result<Outcome> {
     let plan = ClusterPlan::new(&cfg.name, &cfg.initial_cluster, &cfg.peer_urls, &cfg.token)
         .map_err(|e| Error::Config(e.to_string()))?;
@@ -477,7 +492,7 @@ pub async fn run(cfg: &RestoreConfig, now: SystemTime) -> Result<Outcome> {
     let old_marker =
         install::read_marker(&cfg.data_dir).and_then(|s| serde_json::from_str::<Marker>(&s).ok());
     if fetched.report.is_none() && (old_marker.is_some() || cfg.dry_run) {
-        fetched.report = Some(inspect_blocking(&fetched.path).await?);
+        fetched.report = Some(fetched.inspect().await?);
     }
     if let Some(r) = &fetched.report {
         check_snapshot(r, cfg.skip_hash_check)?;
@@ -676,7 +691,7 @@ pub async fn run(cfg: &RestoreConfig, now: SystemTime) -> Result<Outcome> {
     let verify = async {
         match fetched.report.take() {
             Some(r) => Ok(r),
-            None => inspect_blocking(&fetched.path).await,
+            None => fetched.inspect().await,
         }
     };
     let (built, report) = tokio::join!(build, verify);
