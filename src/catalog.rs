@@ -131,13 +131,30 @@ pub fn select<'a>(cat: &'a Catalog, which: Option<&str>) -> Result<&'a Manifest>
 
 /// Download the backup's object into `spool_dir` and turn it back into the snapshot file exactly as
 /// `etcdctl snapshot save` wrote it, checking the stored sha256 against the manifest on the way.
+/// An object in a local directory store is read in place, not copied first.
 pub async fn fetch_snapshot(store: &Store, m: &Manifest, spool_dir: &Path) -> Result<RemoveOnDrop> {
     let stored = RemoveOnDrop::new(spool_dir.join(format!(
         "etcd-lifeboat-fetch-{}-{}.obj",
         m.backup_id,
         std::process::id()
     )));
-    let size = store.get_to_file(&m.object_key, stored.path()).await?;
+    let (src, size) = match store.local_file(&m.object_key)? {
+        Some(path) => {
+            let size = std::fs::metadata(&path)
+                .map_err(|e| {
+                    Error::Store(format!(
+                        "{}: cannot read the stored object: {e}",
+                        path.display()
+                    ))
+                })?
+                .len();
+            (path, size)
+        }
+        None => {
+            let size = store.get_to_file(&m.object_key, stored.path()).await?;
+            (stored.path().to_path_buf(), size)
+        }
+    };
     if size != m.stored_size {
         return Err(Error::Verify(format!(
             "{}: downloaded {size} bytes, the manifest says {}",
@@ -150,7 +167,7 @@ pub async fn fetch_snapshot(store: &Store, m: &Manifest, spool_dir: &Path) -> Re
         std::process::id()
     )));
     let (src, dest, compression, key) = (
-        stored.path().to_path_buf(),
+        src,
         out.path().to_path_buf(),
         m.compression.clone(),
         m.object_key.clone(),

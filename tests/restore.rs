@@ -1587,6 +1587,35 @@ fn restore_latest_and_by_id_from_a_file_store() {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
     assert_eq!(names, ["member"], "only the old member stays");
+
+    // A manifest naming an object that is gone (a local store reads it in place): exit 5 naming
+    // the object, the target untouched, nothing left in the spool.
+    let object = store.join("prod").join(&first_id).join("snapshot.db.zst");
+    fs::remove_file(&object).unwrap();
+    let out = ours_cmd(Path::new("/unused"), &target, &a)
+        .env("LIFEBOAT_RESTORE_SOURCE", &first_id)
+        .env("LIFEBOAT_STORE", format!("file://{}", store.display()))
+        .env("LIFEBOAT_CLUSTER_NAME", "prod")
+        .env("LIFEBOAT_SPOOL_DIR", &spool)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(5), "{}", describe(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("snapshot.db.zst") && err.contains("cannot read the stored object"),
+        "{err}"
+    );
+    assert_eq!(
+        fs::read(target.join("member/snap/db")).unwrap(),
+        b"the old member"
+    );
+    let leftovers: Vec<_> = fs::read_dir(&spool)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.ends_with(".lock"))
+        .collect();
+    assert!(leftovers.is_empty(), "spool dir not cleaned: {leftovers:?}");
 }
 
 #[test]

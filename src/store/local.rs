@@ -35,6 +35,11 @@ impl LocalStore {
         self.root.join(key)
     }
 
+    /// The file that holds `key` (which may not exist).
+    pub fn file_of(&self, key: &str) -> PathBuf {
+        self.path(key)
+    }
+
     fn parent_dir(&self, key: &str) -> Result<PathBuf> {
         let p = self.path(key);
         let dir = p

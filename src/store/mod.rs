@@ -298,6 +298,16 @@ impl Store {
 
     /// Download `key` into `dest` (created 0600, streamed: never held in memory), returning its
     /// size. On error `dest` may hold a partial download: the caller owns (and removes) it.
+    /// The file holding `key`, when the store is a local directory: a reader can use it in place
+    /// instead of copying it first (`catalog::fetch_snapshot`).
+    pub fn local_file(&self, key: &str) -> Result<Option<PathBuf>> {
+        check_key(key)?;
+        Ok(match self {
+            Store::Local(s) => Some(s.file_of(key)),
+            Store::S3(_) | Store::Presigned(_) => None,
+        })
+    }
+
     pub async fn get_to_file(&self, key: &str, dest: &Path) -> Result<u64> {
         check_key(key)?;
         match self {
