@@ -186,25 +186,42 @@ pub async fn fetch_snapshot(store: &Store, m: &Manifest, spool_dir: &Path) -> Re
     Ok(out)
 }
 
-/// Hash `src` while decompressing (or copying) it to `dest`; returns sha256 of `src`.
-fn decode(src: &Path, dest: &Path, compression: &str, key: &str) -> Result<[u8; 32]> {
-    struct HashingReader<R> {
-        inner: R,
-        hash: Sha256,
-    }
-    impl<R: std::io::Read> std::io::Read for HashingReader<R> {
-        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-            let n = self.inner.read(buf)?;
-            self.hash.update(&buf[..n]);
-            Ok(n)
+/// sha256 of the file at `path`, read 1 MiB at a time.
+fn sha256_file(path: &Path) -> Result<[u8; 32]> {
+    let mut file = std::fs::File::open(path)
+        .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+    let mut hash = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = std::io::Read::read(&mut file, &mut buf)
+            .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+        if n == 0 {
+            return Ok(hash.finalize().into());
         }
+        hash.update(&buf[..n]);
     }
+}
+
+/// Decompress (or copy) `src` to `dest` while a second thread hashes `src` (sha256 runs at ~1.7
+/// GB/s on one core, as fast as the decompression: side by side they take half the time); returns
+/// sha256 of `src`.
+fn decode(src: &Path, dest: &Path, compression: &str, key: &str) -> Result<[u8; 32]> {
+    let hasher = std::thread::spawn({
+        let src = src.to_path_buf();
+        move || sha256_file(&src)
+    });
+    let decoded = decode_only(src, dest, compression, key);
+    let hashed = hasher
+        .join()
+        .map_err(|_| Error::Internal("hashing thread failed".into()))?;
+    decoded?;
+    hashed
+}
+
+fn decode_only(src: &Path, dest: &Path, compression: &str, key: &str) -> Result<()> {
     let file =
         std::fs::File::open(src).map_err(|e| Error::io(format!("opening {}", src.display()), e))?;
-    let mut reader = HashingReader {
-        inner: BufReader::with_capacity(1 << 20, file),
-        hash: Sha256::new(),
-    };
+    let mut reader = BufReader::with_capacity(1 << 20, file);
     let mut out = BufWriter::with_capacity(1 << 20, create_private(dest)?);
     let res = match compression {
         "zstd" => zstd::stream::copy_decode(&mut reader, &mut out),
@@ -220,9 +237,7 @@ fn decode(src: &Path, dest: &Path, compression: &str, key: &str) -> Result<[u8; 
             "{key}: cannot decompress ({e}): the stored object is damaged"
         ))
     })?;
-    std::io::copy(&mut reader, &mut std::io::sink())
-        .map_err(|e| Error::io(format!("reading {}", src.display()), e))?;
-    Ok(reader.hash.finalize().into())
+    std::io::Write::flush(&mut out).map_err(|e| Error::io(format!("writing {}", dest.display()), e))
 }
 
 /// Full check of a stored backup: sha256 of the object, trailer, bbolt integrity, status equal to
