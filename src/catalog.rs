@@ -133,12 +133,8 @@ pub fn select<'a>(cat: &'a Catalog, which: Option<&str>) -> Result<&'a Manifest>
 /// `etcdctl snapshot save` wrote it, checking the stored sha256 against the manifest on the way.
 /// An object in a local directory store is read in place, not copied first.
 pub async fn fetch_snapshot(store: &Store, m: &Manifest, spool_dir: &Path) -> Result<RemoveOnDrop> {
-    let stored = RemoveOnDrop::new(spool_dir.join(format!(
-        "etcd-lifeboat-fetch-{}-{}.obj",
-        m.backup_id,
-        std::process::id()
-    )));
-    let (src, size) = match store.local_file(&m.object_key)? {
+    // `_download`: the downloaded object, removed when done (none for a local store).
+    let (src, size, _download) = match store.local_file(&m.object_key)? {
         Some(path) => {
             let size = std::fs::metadata(&path)
                 .map_err(|e| {
@@ -148,11 +144,16 @@ pub async fn fetch_snapshot(store: &Store, m: &Manifest, spool_dir: &Path) -> Re
                     ))
                 })?
                 .len();
-            (path, size)
+            (path, size, None)
         }
         None => {
+            let stored = RemoveOnDrop::new(spool_dir.join(format!(
+                "etcd-lifeboat-fetch-{}-{}.obj",
+                m.backup_id,
+                std::process::id()
+            )));
             let size = store.get_to_file(&m.object_key, stored.path()).await?;
-            (stored.path().to_path_buf(), size)
+            (stored.path().to_path_buf(), size, Some(stored))
         }
     };
     if size != m.stored_size {

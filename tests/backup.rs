@@ -9,7 +9,7 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -554,10 +554,15 @@ fn second_concurrent_backup_is_refused() {
 struct Restartable {
     opts: EtcdOpts,
     etcd: Etcd,
-    _dir: tempfile::TempDir,
+    /// Holds the member's data dir and the `store`, `spool` and `gates` dirs below.
+    dir: tempfile::TempDir,
+    store: PathBuf,
+    spool: PathBuf,
+    gates: PathBuf,
 }
 
 impl Restartable {
+    /// A 3.5.30 member with the tiny sample data, and empty spool and gates dirs for a backup.
     fn start(tls: &Tls) -> Restartable {
         let dir = tempfile::tempdir().unwrap();
         let opts = EtcdOpts {
@@ -567,10 +572,21 @@ impl Restartable {
             ..Default::default()
         };
         let etcd = Etcd::start(Version::V3_5_30, tls, opts.clone());
+        runtime().block_on(async { populate(&etcd.client().await, &Sample::tiny()).await });
+        let (store, spool, gates) = (
+            dir.path().join("store"),
+            dir.path().join("spool"),
+            dir.path().join("gates"),
+        );
+        std::fs::create_dir_all(&spool).unwrap();
+        std::fs::create_dir_all(&gates).unwrap();
         Restartable {
             opts,
             etcd,
-            _dir: dir,
+            dir,
+            store,
+            spool,
+            gates,
         }
     }
 }
@@ -609,15 +625,7 @@ fn backup_with_pause_after_preflight(
 fn etcd_restarted_between_preflight_and_snapshot_gives_a_sound_backup() {
     let tls = Tls::temp();
     let mut m = Restartable::start(&tls);
-    runtime().block_on(async { populate(&m.etcd.client().await, &Sample::tiny()).await });
-    let dir = tempfile::tempdir().unwrap();
-    let (store, spool, gates) = (
-        dir.path().join("store"),
-        dir.path().join("spool"),
-        dir.path().join("gates"),
-    );
-    std::fs::create_dir_all(&spool).unwrap();
-    std::fs::create_dir_all(&gates).unwrap();
+    let (store, spool, gates) = (m.store.clone(), m.spool.clone(), m.gates.clone());
     let before_kvs = m.etcd.etcdctl_ok(&["get", "", "--prefix", "-w", "json"]);
     let mut cmd = backup_cmd(&m.etcd, &tls, &store, &spool);
     cmd.env("LIFEBOAT_COMPRESSION", "none");
@@ -632,7 +640,7 @@ fn etcd_restarted_between_preflight_and_snapshot_gives_a_sound_backup() {
     assert!(out.status.success(), "{}", describe(&out));
     let id = String::from_utf8(out.stdout).unwrap().trim().to_string();
     let man = manifest(&store, &id);
-    let saved = dir.path().join("saved.db");
+    let saved = m.dir.path().join("saved.db");
     save_snapshot(&m.etcd, &saved);
     assert_same_snapshot(
         &m.etcd,
@@ -665,15 +673,7 @@ fn etcd_restarted_between_preflight_and_snapshot_gives_a_sound_backup() {
 fn etcd_stopped_between_preflight_and_snapshot_exits_3_and_leaves_nothing() {
     let tls = Tls::temp();
     let mut m = Restartable::start(&tls);
-    runtime().block_on(async { populate(&m.etcd.client().await, &Sample::tiny()).await });
-    let dir = tempfile::tempdir().unwrap();
-    let (store, spool, gates) = (
-        dir.path().join("store"),
-        dir.path().join("spool"),
-        dir.path().join("gates"),
-    );
-    std::fs::create_dir_all(&spool).unwrap();
-    std::fs::create_dir_all(&gates).unwrap();
+    let (store, spool, gates) = (m.store.clone(), m.spool.clone(), m.gates.clone());
     // An earlier good backup: the store listing must stay exactly this.
     let out = backup_cmd(&m.etcd, &tls, &store, &spool).output().unwrap();
     assert!(out.status.success(), "{}", describe(&out));

@@ -1508,37 +1508,40 @@ fn restore_latest_and_by_id_from_a_file_store() {
     etcd.stop();
 
     let a = Args::cluster("m1", &peers(3, "https", 26801), "from-the-store");
-    let from_store = |which: &str, data: &Path| {
-        let out = ours_cmd(Path::new("/unused"), data, &a)
-            .env("LIFEBOAT_RESTORE_SOURCE", which)
+    // `restore` of backup `which` (`latest` or an id) from the file store into `data`.
+    let store_restore = |which: &str, data: &Path, args: &Args| {
+        let mut cmd = ours_cmd(Path::new("/unused"), data, args);
+        cmd.env("LIFEBOAT_RESTORE_SOURCE", which)
             .env("LIFEBOAT_STORE", format!("file://{}", store.display()))
             .env("LIFEBOAT_CLUSTER_NAME", "prod")
-            .env("LIFEBOAT_SPOOL_DIR", &spool)
-            .output()
-            .unwrap();
+            .env("LIFEBOAT_SPOOL_DIR", &spool);
+        cmd
+    };
+    // What the spool holds besides the backup's lock file (which stays, by design).
+    let spool_leftovers = || -> Vec<String> {
+        fs::read_dir(&spool)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.ends_with(".lock"))
+            .collect()
+    };
+    let from_store = |which: &str, data: &Path| {
+        let out = store_restore(which, data, &a).output().unwrap();
         assert!(out.status.success(), "restore {which}: {}", describe(&out));
     };
     let (o, t) = (tmp.path().join("ours"), tmp.path().join("theirs"));
     from_store("latest", &o);
     oracle_ok(v, &saved, &t, &a);
     compare_restores(&o, &t, &a, false, "restore latest from a file store");
-    // (The backup's lock file stays, by design; downloaded snapshots must not.)
-    let leftovers: Vec<_> = fs::read_dir(&spool)
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| !n.ends_with(".lock"))
-        .collect();
+    // Downloaded snapshots must not stay.
+    let leftovers = spool_leftovers();
     assert!(leftovers.is_empty(), "spool dir not cleaned: {leftovers:?}");
 
     // By id: the first backup, which lacks /later; started as a single member, without bump.
     let single = one_member(alloc_port());
     let d1 = tmp.path().join("single");
-    let out = ours_cmd(Path::new("/unused"), &d1, &single)
-        .env("LIFEBOAT_RESTORE_SOURCE", &first_id)
-        .env("LIFEBOAT_STORE", format!("file://{}", store.display()))
-        .env("LIFEBOAT_CLUSTER_NAME", "prod")
-        .env("LIFEBOAT_SPOOL_DIR", &spool)
+    let out = store_restore(&first_id, &d1, &single)
         .env("LIFEBOAT_BUMP_REVISION", "0")
         .output()
         .unwrap();
@@ -1567,13 +1570,7 @@ fn restore_latest_and_by_id_from_a_file_store() {
     let target = tmp.path().join("kept");
     fs::create_dir_all(target.join("member/snap")).unwrap();
     fs::write(target.join("member/snap/db"), b"the old member").unwrap();
-    let out = ours_cmd(Path::new("/unused"), &target, &a)
-        .env("LIFEBOAT_RESTORE_SOURCE", "latest")
-        .env("LIFEBOAT_STORE", format!("file://{}", store.display()))
-        .env("LIFEBOAT_CLUSTER_NAME", "prod")
-        .env("LIFEBOAT_SPOOL_DIR", &spool)
-        .output()
-        .unwrap();
+    let out = store_restore("latest", &target, &a).output().unwrap();
     assert_eq!(out.status.code(), Some(EXIT_VERIFY), "{}", describe(&out));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("the manifest records"), "{err}");
@@ -1592,13 +1589,7 @@ fn restore_latest_and_by_id_from_a_file_store() {
     // the object, the target untouched, nothing left in the spool.
     let object = store.join("prod").join(&first_id).join("snapshot.db.zst");
     fs::remove_file(&object).unwrap();
-    let out = ours_cmd(Path::new("/unused"), &target, &a)
-        .env("LIFEBOAT_RESTORE_SOURCE", &first_id)
-        .env("LIFEBOAT_STORE", format!("file://{}", store.display()))
-        .env("LIFEBOAT_CLUSTER_NAME", "prod")
-        .env("LIFEBOAT_SPOOL_DIR", &spool)
-        .output()
-        .unwrap();
+    let out = store_restore(&first_id, &target, &a).output().unwrap();
     assert_eq!(out.status.code(), Some(5), "{}", describe(&out));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -1609,12 +1600,7 @@ fn restore_latest_and_by_id_from_a_file_store() {
         fs::read(target.join("member/snap/db")).unwrap(),
         b"the old member"
     );
-    let leftovers: Vec<_> = fs::read_dir(&spool)
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| !n.ends_with(".lock"))
-        .collect();
+    let leftovers = spool_leftovers();
     assert!(leftovers.is_empty(), "spool dir not cleaned: {leftovers:?}");
 }
 

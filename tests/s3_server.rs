@@ -42,21 +42,10 @@ impl Server {
         let root = tempfile::tempdir().unwrap();
         std::fs::create_dir(root.path().join(BUCKET)).unwrap();
         let fs = loopback_fs::LoopbackFs::new(root.path()).unwrap();
-        let mut b = s3s::service::S3ServiceBuilder::new(fs);
-        b.set_auth(s3s::auth::SimpleAuth::from_single(AK, SK));
-        let svc = b.build();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let task = tokio::spawn(async move {
-            while let Ok((sock, _)) = listener.accept().await {
-                let svc = svc.clone();
-                tokio::spawn(async move {
-                    let io = hyper_util::rt::TokioIo::new(sock);
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(io, svc)
-                        .await;
-                });
-            }
+            loopback_fs::serve(listener, fs, AK, SK).await;
         });
         Server { addr, root, task }
     }

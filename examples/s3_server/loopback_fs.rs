@@ -60,6 +60,32 @@ struct Staged {
     broken: bool,
 }
 
+/// Serve `fs` on `listener` with SigV4 checked for the one key pair `ak`/`sk`, a task per
+/// connection, until accepting fails (the example's `main` and tests/s3_server.rs).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    fs: LoopbackFs,
+    ak: &str,
+    sk: &str,
+) -> std::io::Error {
+    let mut builder = s3s::service::S3ServiceBuilder::new(fs);
+    builder.set_auth(s3s::auth::SimpleAuth::from_single(ak, sk));
+    let svc = builder.build();
+    loop {
+        let sock = match listener.accept().await {
+            Ok((sock, _)) => sock,
+            Err(e) => return e,
+        };
+        let svc = svc.clone();
+        tokio::spawn(async move {
+            let io = hyper_util::rt::TokioIo::new(sock);
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(io, svc)
+                .await;
+        });
+    }
+}
+
 impl LoopbackFs {
     pub fn new(root: impl AsRef<Path>) -> Result<Self, String> {
         let root = root.as_ref();

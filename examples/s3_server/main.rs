@@ -25,20 +25,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     };
     std::fs::create_dir_all(std::path::Path::new(root).join(bucket))?;
     let fs = loopback_fs::LoopbackFs::new(root)?;
-    let mut builder = s3s::service::S3ServiceBuilder::new(fs);
-    builder.set_auth(s3s::auth::SimpleAuth::from_single(ak.as_str(), sk.as_str()));
-    let svc = builder.build();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     println!("http://{}", listener.local_addr()?);
     std::io::stdout().flush()?;
-    loop {
-        let (sock, _) = listener.accept().await?;
-        let svc = svc.clone();
-        tokio::spawn(async move {
-            let io = hyper_util::rt::TokioIo::new(sock);
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(io, svc)
-                .await;
-        });
-    }
+    Err(loopback_fs::serve(listener, fs, ak, sk).await.into())
 }
